@@ -1,0 +1,1 @@
+"""Mail stores: the backends a POP2 session reads from."""

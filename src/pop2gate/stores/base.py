@@ -1,0 +1,85 @@
+"""The MailStore interface every backend implements.
+
+A store authenticates a user and hands back a Mailbox: that user's view of
+their folders. Messages are named by a store-chosen id (a Maildir unique name,
+an IMAP UID) that never changes while the session lasts, so another client
+changing the folder can never make a session touch the wrong message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """A backend failed; the message is safe to show a client (short, generic)."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The POP2 client's address, as the gateway sees it."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class MessageRef:
+    """One message of a folder snapshot: a stable id and its size in octets.
+
+    `size` is what the store knows when it selects the folder; the exact
+    number of octets RETR sends comes from `Mailbox.wire_size`.
+    """
+
+    id: str
+    size: int
+
+
+class Mailbox(Protocol):
+    """One authenticated user's mail."""
+
+    async def select(self, folder: str) -> list[MessageRef]:
+        """Open `folder` and return its messages, oldest first.
+
+        A folder that is missing or unreadable gives an empty list. The name
+        has already passed `pop2gate.folders.check_folder_name`.
+        """
+
+    async def wire_size(self, msg: MessageRef) -> int:
+        """Octets RETR will send for `msg` (CRLF line ends, last line ended).
+
+        0 when the message is gone.
+        """
+
+    def fetch(self, msg: MessageRef) -> AsyncIterator[bytes]:
+        """Stream the message's wire octets in bounded chunks."""
+
+    async def mark_seen(self, msg: MessageRef) -> None:
+        """Flag `msg` as seen."""
+
+    async def release(self, deleted: Sequence[MessageRef]) -> None:
+        """Apply deletions for exactly `deleted` in the selected folder.
+
+        Called only on a clean release (QUIT, or FOLD to another folder).
+        Raises StoreError when the deletions could not be applied.
+        """
+
+    async def close(self) -> None:
+        """End the backend session without deleting anything."""
+
+
+class MailStore(Protocol):
+    """A backend: checks credentials and opens a user's Mailbox."""
+
+    name: str
+
+    async def login(self, user: str, password: str, peer: Peer) -> Mailbox | None:
+        """Return the user's Mailbox with INBOX not yet selected, or None on a bad login.
+
+        Raises StoreError when the backend cannot be reached.
+        """
+
+    async def aclose(self) -> None:
+        """Release what the store holds (thread pools, caches)."""
