@@ -5,10 +5,12 @@ Every limit is a named setting here; docs/configuration.md lists them.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, Union
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -59,6 +61,19 @@ class Limits(_Model):
     bad_login_delay: float = Field(3, ge=0)
     max_connections: int = Field(200, gt=0)
     retr_chunk_size: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
+    # IMAP backends (docs/imap.md).
+    imap_connect_timeout: float = Field(30, gt=0)
+    imap_command_timeout: float = Field(120, gt=0)
+    imap_fetch_chunk: int = Field(1024 * 1024, ge=4096, le=64 * 1024 * 1024)
+    imap_fetch_memory: int = Field(64 * 1024 * 1024, ge=4096)
+    imap_max_workers: int = Field(64, ge=1, le=4096)
+    expunge_without_uidplus: bool = False
+
+    @model_validator(mode="after")
+    def _check_imap_memory(self) -> "Limits":
+        if self.imap_fetch_memory < self.imap_fetch_chunk:
+            raise ValueError("imap_fetch_memory must be at least imap_fetch_chunk")
+        return self
 
 
 class MaildirBackend(_Model):
@@ -68,11 +83,65 @@ class MaildirBackend(_Model):
     users_file: Path
 
 
-Backend = Annotated[Union[MaildirBackend], Field(discriminator="type")]
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ImapBackend(_Model):
+    """An IMAP server; TLS verified unless the operator says otherwise."""
+
+    name: str
+    type: Literal["imap"]
+    url: str
+    tls: Literal["implicit", "starttls", "none"] | None = None
+    ca_file: Path | None = None
+    timeout: float | None = Field(None, gt=0)
+    allow_plaintext: bool = False
+
+    @model_validator(mode="after")
+    def _check_url(self) -> "ImapBackend":
+        scheme, host, _ = self.address()
+        tls = self.tls_mode()
+        if scheme == "imaps" and tls != "implicit":
+            raise ValueError("imaps:// means tls = \"implicit\"; use imap:// for starttls or none")
+        if scheme == "imap" and tls == "implicit":
+            raise ValueError("tls = \"implicit\" needs an imaps:// url")
+        if tls == "none" and not self.allow_plaintext and not _is_loopback(host):
+            raise ValueError(f"tls = \"none\" to non-loopback host {host!r} needs allow_plaintext = true")
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise ValueError(f"ca_file {str(self.ca_file)!r} is not a readable file")
+        return self
+
+    def address(self) -> tuple[str, str, int]:
+        """(scheme, host, port) from the url."""
+        try:
+            u = urlsplit(self.url)
+            port = u.port
+        except ValueError:
+            raise ValueError(f"url {self.url!r} is not imaps://host[:port] or imap://host[:port]") from None
+        if (u.scheme not in ("imap", "imaps") or not u.hostname or u.username is not None
+                or u.path not in ("", "/") or u.query or u.fragment):
+            raise ValueError(f"url {self.url!r} is not imaps://host[:port] or imap://host[:port]")
+        return u.scheme, u.hostname, port or (993 if u.scheme == "imaps" else 143)
+
+    def tls_mode(self) -> str:
+        if self.tls is not None:
+            return self.tls
+        return "implicit" if self.url.lower().startswith("imaps:") else "starttls"
+
+
+Backend = Annotated[Union[MaildirBackend, ImapBackend], Field(discriminator="type")]
 
 
 class Routing(_Model):
     default: str
+    domains: dict[str, str] = {}
+    users: dict[str, str] = {}
 
 
 class Config(_Model):
@@ -89,6 +158,10 @@ class Config(_Model):
             raise ValueError(f"backend names must be unique: {', '.join(dupes)}")
         if self.routing.default not in names:
             raise ValueError(f"routing.default names unknown backend {self.routing.default!r}")
+        for table in ("domains", "users"):
+            for key, target in getattr(self.routing, table).items():
+                if target not in names:
+                    raise ValueError(f"routing.{table}.{key}: unknown backend {target!r}")
         return self
 
     def backend_named(self, name: str) -> Backend:

@@ -20,11 +20,15 @@ class Router:
 
     UW's `host:user` form is accepted only where `host` is the name of a
     configured backend; anything else is refused before any connection is made.
+    Otherwise a `[routing] users` rule wins over a `domains` rule over `default`.
+    The rules match the user part of `user*admin` (a master login).
     """
 
     def __init__(self, config: Config, stores: Mapping[str, MailStore]):
         self._config = config
         self._stores = dict(stores)
+        self._users = dict(config.routing.users)
+        self._domains = {d.lower(): b for d, b in config.routing.domains.items()}
 
     def route(self, login: str) -> Route | None:
         alias, sep, user = login.partition(":")
@@ -32,4 +36,7 @@ class Router:
             if not user or alias not in self._stores:
                 return None
             return Route(self._stores[alias], user)
-        return Route(self._stores[self._config.routing.default], login)
+        name = login.partition("*")[0]
+        domain = name.rpartition("@")[2].lower() if "@" in name else None
+        backend = self._users.get(name) or (self._domains.get(domain) if domain else None)
+        return Route(self._stores[backend or self._config.routing.default], login)

@@ -12,4 +12,8 @@ def open_store(backend: Backend, limits: Limits) -> MailStore:
         from .maildir import MaildirStore
 
         return MaildirStore(backend, limits)
+    if backend.type == "imap":
+        from .imap import ImapStore
+
+        return ImapStore(backend, limits)
     raise ValueError(f"unknown backend type {backend.type!r}")

@@ -1,0 +1,323 @@
+"""One blocking IMAP connection (stdlib imaplib) for one POP2 session.
+
+Every method blocks and is meant to run in a worker thread; a lock keeps it
+to one command at a time. Any failure (lost connection, BYE, timeout, an
+unexpected NO or BAD) raises ConnError and leaves the connection unusable.
+Messages are named by UID only. Nothing here logs, and no error text carries
+a credential.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from .imapwire import ParseError, fetch_by_uid, list_delimiter, quotable, quote, uid_set
+
+# imaplib only sends commands it knows; ID (RFC 2971) is valid in every state.
+imaplib.Commands.setdefault("ID", ("NONAUTH", "AUTH", "SELECTED"))
+
+T = TypeVar("T")
+_UID_BATCH = 500
+
+
+class ConnError(Exception):
+    """The backend failed; the text is for the log and holds no secrets."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how to connect."""
+
+    host: str
+    port: int
+    tls: str  # "implicit" | "starttls" | "none"
+    ssl_context: ssl.SSLContext | None
+    connect_timeout: float
+    command_timeout: float
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, (TimeoutError, socket.timeout)):
+        return "timed out"
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return f"certificate not accepted: {err.verify_message}"
+    text = " ".join(str(err).split())[:100]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+_FAILURES = (imaplib.IMAP4.error, OSError, EOFError, ParseError, ValueError)
+
+
+def connect(target: Target, peer: tuple[str, int] | None) -> "ImapConn":
+    """Connect, secure the connection as configured, and announce the client (ID)."""
+    try:
+        if target.tls == "implicit":
+            imap = imaplib.IMAP4_SSL(target.host, target.port, ssl_context=target.ssl_context,
+                                     timeout=target.connect_timeout)
+        else:
+            imap = imaplib.IMAP4(target.host, target.port, timeout=target.connect_timeout)
+    except _FAILURES as err:
+        raise ConnError(f"connect {target.host}:{target.port}: {_reason(err)}") from None
+    conn = ImapConn(imap)
+    try:
+        if target.tls == "starttls":
+            if "STARTTLS" not in imap.capabilities:
+                raise ConnError("server does not offer STARTTLS")
+            imap.starttls(ssl_context=target.ssl_context)
+        imap.sock.settimeout(target.command_timeout)
+        if peer is not None and "ID" in imap.capabilities:
+            conn._send_id(*peer)
+    except ConnError:
+        conn.abort()
+        raise
+    except _FAILURES as err:
+        conn.abort()
+        raise ConnError(f"connect {target.host}:{target.port}: {_reason(err)}") from None
+    return conn
+
+
+class ImapConn:
+    """A connected imaplib client, used through the methods below only."""
+
+    def __init__(self, imap: imaplib.IMAP4):
+        self._imap = imap
+        self._lock = threading.Lock()
+        self._broken = False
+        self.readonly = False
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return frozenset(self._imap.capabilities)
+
+    def _guarded(self, what: str, fn: Callable[[], T]) -> T:
+        with self._lock:
+            if self._broken:
+                raise ConnError(f"{what}: connection already failed")
+            try:
+                return fn()
+            except ConnError:
+                self._broken = True
+                raise
+            except _FAILURES as err:
+                self._broken = True
+                raise ConnError(f"{what}: {_reason(err)}") from None
+
+    def _run(self, *args: str | bytes) -> tuple[str, bytes, list]:
+        """Send one command; return (status, tagged text, FETCH pieces)."""
+        imap = self._imap
+        imap.untagged_responses = {}
+        typ, dat = imap._simple_command(*args)
+        text = dat[-1] if dat and isinstance(dat[-1], bytes) else b""
+        return typ, text, imap.untagged_responses.pop("FETCH", [])
+
+    def _send_id(self, host: str, port: int) -> None:
+        if not quotable(host):
+            return
+        fields = f'("x-originating-ip" {quote(host)} "x-originating-port" "{int(port)}")'
+        try:
+            self._run("ID", fields)
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error:
+            pass  # a server that rejects ID still serves mail
+
+    # Login
+
+    def login(self, authz: str, authc: str, password: str) -> bool:
+        """True when the backend accepted the credentials, False when it refused."""
+        return self._guarded("login", lambda: self._login(authz, authc, password))
+
+    def _login(self, authz: str, authc: str, password: str) -> bool:
+        imap = self._imap
+        try:
+            if "AUTH=PLAIN" in imap.capabilities:
+                self._auth_plain(authz, authc, password)
+            elif authz or "LOGINDISABLED" in imap.capabilities:
+                return False
+            elif not self._plain_login(authc, password):
+                return False
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error as err:
+            if "[UNAVAILABLE]" in str(err):
+                raise ConnError("login: backend unavailable") from None
+            return False
+        imap.state = "AUTH"
+        imap._get_capabilities()
+        return True
+
+    def _auth_plain(self, authz: str, authc: str, password: str) -> None:
+        payload = [f"{authz}\0{authc}\0{password}".encode("utf-8")]
+
+        def answer(_challenge: bytes) -> bytes | None:
+            # The credentials go out once; a second challenge cancels the exchange.
+            return payload.pop() if payload else None
+
+        self._imap.authenticate("PLAIN", answer)
+
+    def _plain_login(self, user: str, password: str) -> bool:
+        imap = self._imap
+        if quotable(user):
+            user_arg: bytes = quote(user).encode("ascii")
+        elif "LITERAL+" in imap.capabilities:
+            raw = user.encode("utf-8")
+            user_arg = b"{%d+}\r\n" % len(raw) + raw
+        else:
+            return False
+        if quotable(password):
+            typ, dat = imap._simple_command("LOGIN", user_arg, quote(password))
+        else:
+            imap.literal = password.encode("utf-8")
+            typ, dat = imap._simple_command("LOGIN", user_arg)
+        if typ != "OK":
+            raise imaplib.IMAP4.error(dat[-1].decode("utf-8", "replace") if dat and dat[-1] else typ)
+        return True
+
+    # Folders
+
+    def delimiter(self) -> str | None:
+        """The server's hierarchy delimiter (None: flat)."""
+
+        def run() -> str | None:
+            typ, _, _ = self._run("LIST", '""', '""')
+            lines = self._imap.untagged_responses.get("LIST", [])
+            if typ != "OK" or not lines or not isinstance(lines[-1], bytes):
+                return None
+            return list_delimiter(lines[-1])
+
+        return self._guarded("LIST", run)
+
+    def select(self, name: str) -> int | None:
+        """Select `name` (already in IMAP form); its EXISTS count, None when refused."""
+
+        def run() -> int | None:
+            imap = self._imap
+            self.readonly = False
+            try:
+                typ, dat = imap.select(quote(name))
+            except imaplib.IMAP4.readonly:
+                self.readonly = True
+                typ, dat = imap.select(quote(name), readonly=True)
+            if typ != "OK":
+                return None
+            return int(dat[-1]) if dat and dat[-1] is not None else 0
+
+        return self._guarded("SELECT", run)
+
+    def snapshot(self) -> list[tuple[int, int]]:
+        """(UID, RFC822.SIZE) of every message not flagged \\Deleted, by UID."""
+
+        def run() -> list[tuple[int, int]]:
+            typ, _, items = self._run("UID", "FETCH", "1:*", "(UID RFC822.SIZE FLAGS)")
+            if typ != "OK":
+                raise ConnError(f"UID FETCH: {typ}")
+            out = []
+            for uid, data in fetch_by_uid(items).items():
+                size, flags = data.get("RFC822.SIZE"), data.get("FLAGS")
+                if not isinstance(size, str) or not size.isdigit() or not isinstance(flags, list):
+                    raise ConnError(f"UID FETCH: incomplete data for UID {uid}")
+                if "\\DELETED" not in (str(f).upper() for f in flags):
+                    out.append((uid, int(size)))
+            return sorted(out)
+
+        return self._guarded("UID FETCH", run)
+
+    # Messages
+
+    def fetch_body(self, uid: int, offset: int | None = None, length: int | None = None) -> bytes | None:
+        """`BODY.PEEK[]` (or the part at offset/length) of `uid`; None when it is gone."""
+        item = "BODY.PEEK[]" if offset is None else f"BODY.PEEK[]<{offset}.{length}>"
+
+        def run() -> bytes | None:
+            typ, text, items = self._run("UID", "FETCH", str(uid), f"({item})")
+            if typ != "OK" and not _expunge_issued(typ, text):
+                raise ConnError(f"UID FETCH: {typ}")
+            body = fetch_by_uid(items).get(uid, {}).get("BODY[]")
+            if body is not None and not isinstance(body, bytes):
+                raise ConnError("UID FETCH: unreadable body")
+            return body
+
+        return self._guarded("UID FETCH", run)
+
+    def add_flag(self, uids: Iterable[int], flag: str) -> None:
+        """`UID STORE +FLAGS.SILENT (flag)`; messages already gone are no error."""
+
+        def run() -> None:
+            for batch in _batches(uids):
+                typ, text, _ = self._run("UID", "STORE", uid_set(batch), "+FLAGS.SILENT", f"({flag})")
+                if typ != "OK" and not _expunge_issued(typ, text):
+                    raise ConnError(f"UID STORE: {typ}")
+
+        self._guarded("UID STORE", run)
+
+    def uid_expunge(self, uids: Iterable[int]) -> None:
+        """`UID EXPUNGE` (UIDPLUS): removes exactly these messages."""
+
+        def run() -> None:
+            for batch in _batches(uids):
+                typ, _, _ = self._run("UID", "EXPUNGE", uid_set(batch))
+                if typ != "OK":
+                    raise ConnError(f"UID EXPUNGE: {typ}")
+
+        self._guarded("UID EXPUNGE", run)
+
+    def expunge_all(self) -> None:
+        """Plain EXPUNGE: also removes what other clients flagged \\Deleted."""
+
+        def run() -> None:
+            typ, _, _ = self._run("EXPUNGE")
+            if typ != "OK":
+                raise ConnError(f"EXPUNGE: {typ}")
+
+        self._guarded("EXPUNGE", run)
+
+    # Ending
+
+    def logout(self, timeout: float = 5.0) -> None:
+        """LOGOUT (which never expunges); abort instead when a command is in flight."""
+        if not self._lock.acquire(blocking=False):
+            self.abort()
+            return
+        try:
+            if not self._broken:
+                self._imap.sock.settimeout(timeout)
+                self._imap.logout()
+        except _FAILURES:
+            pass
+        finally:
+            self._broken = True
+            self._lock.release()
+            self.abort()
+
+    def abort(self) -> None:
+        """Cut the connection now; safe from any thread."""
+        self._broken = True
+        try:
+            # The plain socket call, so a thread blocked in a TLS read wakes up.
+            socket.socket.shutdown(self._imap.sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self._lock.acquire(blocking=False):
+            try:
+                self._imap.sock.close()
+                self._imap.file.close()
+            except OSError:
+                pass
+            finally:
+                self._lock.release()
+
+
+def _expunge_issued(typ: str, text: bytes) -> bool:
+    """NO [EXPUNGEISSUED]: some of the messages were removed by someone else."""
+    return typ == "NO" and text.upper().startswith(b"[EXPUNGEISSUED]")
+
+
+def _batches(uids: Iterable[int]) -> list[list[int]]:
+    items = sorted(set(uids))
+    return [items[i : i + _UID_BATCH] for i in range(0, len(items), _UID_BATCH)]

@@ -1,0 +1,189 @@
+"""IMAP wire text: quoting arguments and reading FETCH responses.
+
+Pure functions, no I/O. FETCH data is matched by UID, never by position:
+the UID may follow a literal, and unsolicited FETCH responses for other
+messages may arrive in the middle of a command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+_QUOTABLE = frozenset(range(0x20, 0x7F))
+
+
+def quotable(text: str) -> bool:
+    """True when `text` can be sent as an IMAP quoted string."""
+    return all(ord(c) in _QUOTABLE for c in text)
+
+
+def quote(text: str) -> str:
+    """An IMAP quoted string; only for printable ASCII (see `quotable`)."""
+    if not quotable(text):
+        raise ValueError("needs a literal")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def uid_set(uids: Iterable[int]) -> str:
+    """Compact sequence set: 1,2,3,7 -> '1:3,7'."""
+    out: list[str] = []
+    run: list[int] = []
+    for uid in sorted(set(uids)):
+        if run and uid == run[-1] + 1:
+            run.append(uid)
+            continue
+        if run:
+            out.append(_span(run))
+        run = [uid]
+    if run:
+        out.append(_span(run))
+    return ",".join(out)
+
+
+def _span(run: list[int]) -> str:
+    return str(run[0]) if len(run) == 1 else f"{run[0]}:{run[-1]}"
+
+
+class ParseError(ValueError):
+    """The server sent a FETCH response we cannot read."""
+
+
+class _Lit:
+    """A literal's octets, kept apart from the response text."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+
+def group_responses(items: list) -> list[list]:
+    """Join imaplib's FETCH pieces into one part list per response.
+
+    imaplib gives `(text, literal)` tuples and text lines; a piece whose text
+    does not start with a digit continues the previous response.
+    """
+    responses: list[list] = []
+    for item in items:
+        if item is None:
+            continue
+        text, lit = (item[0], item[1]) if isinstance(item, tuple) else (item, None)
+        if not isinstance(text, bytes):
+            raise ParseError("unexpected response piece")
+        if text[:1].isdigit() or not responses:
+            responses.append([])
+        parts = responses[-1]
+        if lit is None:
+            parts.append(text)
+        else:
+            # The text before a literal ends with its `{n}` marker.
+            parts.append(text[: text.rindex(b"{")])
+            parts.append(_Lit(lit))
+    return responses
+
+
+def _tokens(parts: list) -> Iterator[object]:
+    for part in parts:
+        if isinstance(part, _Lit):
+            yield part.data
+            continue
+        yield from _scan(part)
+
+
+def _scan(text: bytes) -> Iterator[object]:
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i : i + 1]
+        if c == b" ":
+            i += 1
+        elif c in (b"(", b")"):
+            yield c
+            i += 1
+        elif c == b'"':
+            i += 1
+            out = bytearray()
+            while i < n and text[i : i + 1] != b'"':
+                if text[i : i + 1] == b"\\":
+                    i += 1
+                out += text[i : i + 1]
+                i += 1
+            if i >= n:
+                raise ParseError("unterminated quoted string")
+            i += 1
+            yield bytes(out)
+        else:
+            j, depth = i, 0
+            while j < n:
+                ch = text[j : j + 1]
+                if ch == b"[":
+                    depth += 1
+                elif ch == b"]":
+                    depth -= 1
+                elif depth <= 0 and ch in (b" ", b"(", b")"):
+                    break
+                j += 1
+            yield _Atom(text[i:j].decode("ascii", "replace"))
+            i = j
+
+
+class _Atom(str):
+    """An atom or number, as opposed to a string value."""
+
+
+def _nest(tokens: Iterator[object]) -> list:
+    out: list = []
+    for tok in tokens:
+        if tok == b"(":
+            out.append(_nest(tokens))
+        elif tok == b")":
+            return out
+        else:
+            out.append(tok)
+    return out
+
+
+def parse_fetch(parts: list) -> tuple[int, dict[str, object]]:
+    """One FETCH response -> (sequence number, {ITEM: value}).
+
+    Item names are upper case; `BODY[]<0>` is reported as `BODY[]`. Strings
+    and literals are bytes, NIL is None, lists are lists, atoms are str.
+    """
+    toks = _nest(iter(_tokens(parts)))
+    if len(toks) < 2 or not isinstance(toks[0], _Atom) or not toks[0].isdigit():
+        raise ParseError("not a FETCH response")
+    body = toks[1]
+    if not isinstance(body, list) or len(body) % 2:
+        raise ParseError("bad FETCH item list")
+    items: dict[str, object] = {}
+    for key, value in zip(body[::2], body[1::2]):
+        if not isinstance(key, _Atom):
+            raise ParseError("bad FETCH item name")
+        name = key.upper()
+        if name.startswith("BODY[") and "<" in name:
+            name = name[: name.index("<")]
+        if isinstance(value, _Atom) and value.upper() == "NIL":
+            value = None
+        items[name] = value
+    return int(toks[0]), items
+
+
+def fetch_by_uid(items: list) -> dict[int, dict[str, object]]:
+    """All FETCH responses that carry a UID, keyed by UID (later wins)."""
+    out: dict[int, dict[str, object]] = {}
+    for parts in group_responses(items):
+        _, data = parse_fetch(parts)
+        uid = data.get("UID")
+        if isinstance(uid, str) and uid.isdigit():
+            out.setdefault(int(uid), {}).update(data)
+    return out
+
+
+def list_delimiter(line: bytes) -> str | None:
+    """The hierarchy delimiter from one `LIST` response line, None for a flat server."""
+    toks = _nest(iter(_scan(line)))
+    if len(toks) < 2 or not isinstance(toks[0], list):
+        raise ParseError("bad LIST response")
+    delim = toks[1]
+    if isinstance(delim, bytes) and len(delim) == 1:
+        return delim.decode("ascii")
+    return None

@@ -1,0 +1,269 @@
+"""The IMAP store: a user's IMAP mailbox served over POP2.
+
+Blocking imaplib calls (pop2gate.imapconn) run in a thread pool the store
+owns, one IMAP connection per POP2 session. Messages are IMAP UIDs; bodies
+are read with BODY.PEEK[] (never marking them seen) in bounded pieces, and
+the bytes in flight across all sessions are capped by `imap_fetch_memory`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from ..config import ImapBackend, Limits
+from ..folders import SEPARATOR, InvalidFolderName, check_folder_name, encode_mutf7, is_inbox
+from ..imapconn import ConnError, ImapConn, Target, connect
+from .base import MessageRef, Peer, StoreError
+
+log = logging.getLogger("pop2gate.imap")
+T = TypeVar("T")
+
+UNAVAILABLE = "Mail server unavailable"
+FAILED = "Mail server error"
+SIZE_MISMATCH = "Message size changed on server"
+
+
+def _ssl_context(backend: ImapBackend) -> ssl.SSLContext | None:
+    if backend.tls_mode() == "none":
+        return None
+    ctx = ssl.create_default_context(cafile=str(backend.ca_file) if backend.ca_file else None)
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def split_master(login: str) -> tuple[str, str] | None:
+    """`user*admin` -> ("user", "admin"); `user` -> ("", "user"); None if malformed."""
+    user, sep, admin = login.partition("*")
+    if not user or (sep and not admin):
+        return None
+    return (user, admin) if sep else ("", user)
+
+
+class ByteBudget:
+    """Caps the message bytes held in memory at once by all sessions of a store."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._waiters: list[asyncio.Future] = []
+
+    async def acquire(self, n: int) -> None:
+        n = min(n, self.limit)
+        while self.used + n > self.limit:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            finally:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+        self.used += n
+
+    def release(self, n: int) -> None:
+        self.used -= min(n, self.limit)
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+
+class ImapStore:
+    """A `[[backend]] type = "imap"`: checks HELO credentials against the IMAP server."""
+
+    def __init__(self, backend: ImapBackend, limits: Limits):
+        self.name = backend.name
+        self.limits = limits
+        _, host, port = backend.address()
+        self.target = Target(
+            host=host,
+            port=port,
+            tls=backend.tls_mode(),
+            ssl_context=_ssl_context(backend),
+            connect_timeout=backend.timeout or limits.imap_connect_timeout,
+            command_timeout=backend.timeout or limits.imap_command_timeout,
+        )
+        self.budget = ByteBudget(limits.imap_fetch_memory)
+        self._pool = ThreadPoolExecutor(max_workers=limits.imap_max_workers,
+                                        thread_name_prefix=f"imap-{backend.name}")
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def login(self, user: str, password: str, peer: Peer) -> "ImapMailbox | None":
+        ids = split_master(user)
+        if ids is None:
+            return None
+        try:
+            conn = await self.run(connect, self.target, (peer.host, peer.port))
+        except ConnError as err:
+            log.warning("backend %s: %s", self.name, err)
+            raise StoreError(UNAVAILABLE) from None
+        try:
+            ok = await self.run(conn.login, ids[0], ids[1], password)
+        except ConnError as err:
+            log.warning("backend %s: user %r: %s", self.name, user, err)
+            await self.run(conn.abort)
+            raise StoreError(UNAVAILABLE) from None
+        except BaseException:
+            conn.abort()
+            raise
+        if not ok:
+            log.info("backend %s: login refused for %r", self.name, user)
+            await self.run(conn.logout)
+            return None
+        return ImapMailbox(self, conn, user)
+
+    async def aclose(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class ImapMailbox:
+    """One user's IMAP session: the selected folder and its UID snapshot."""
+
+    def __init__(self, store: ImapStore, conn: ImapConn, user: str):
+        self.store = store
+        self.conn = conn
+        self.user = user
+        self.folder: str | None = None
+        self.sizes: dict[int, int] = {}  # UID -> RFC822.SIZE, fixed at select
+        self.wire: dict[int, int] = {}  # UID -> octets RETR sends (0: gone)
+        self._delimiter: str | None | bool = False  # False: not asked yet
+
+    async def _call(self, what: str, fn: Callable[..., T], *args: object) -> T:
+        try:
+            return await self.store.run(fn, *args)
+        except ConnError as err:
+            log.warning("backend %s: user %r: %s failed: %s", self.store.name, self.user, what, err)
+            raise StoreError(FAILED) from None
+
+    async def _imap_name(self, folder: str) -> str | None:
+        """The IMAP name of a POP2 folder name, None when it cannot exist."""
+        try:
+            levels = check_folder_name(folder)
+        except InvalidFolderName:
+            return None
+        if is_inbox(folder):
+            return "INBOX"
+        if self._delimiter is False:
+            self._delimiter = await self._call("LIST", self.conn.delimiter)
+        delim = self._delimiter
+        if len(levels) > 1 and not delim:
+            return None
+        if delim and any(delim in level for level in levels):
+            return None  # a level holding the server's separator would name another folder
+        return encode_mutf7((delim or SEPARATOR).join(levels))
+
+    async def select(self, folder: str) -> list[MessageRef]:
+        self.folder, self.sizes, self.wire = None, {}, {}
+        name = await self._imap_name(folder)
+        if name is None:
+            return []
+        exists = await self._call("SELECT", self.conn.select, name)
+        if exists is None:
+            return []
+        self.folder = name
+        snap = await self._call("UID FETCH", self.conn.snapshot) if exists else []
+        self.sizes = dict(snap)
+        return [MessageRef(str(uid), size) for uid, size in snap]
+
+    def _uid(self, msg: MessageRef) -> int | None:
+        uid = int(msg.id) if msg.id.isdigit() else None
+        return uid if uid in self.sizes else None
+
+    async def wire_size(self, msg: MessageRef) -> int:
+        uid = self._uid(msg)
+        if uid is None:
+            return 0
+        if uid not in self.wire:
+            size = self.sizes[uid]
+            if size == 0:
+                self.wire[uid] = 0
+            else:
+                tail = await self._call("UID FETCH", self.conn.fetch_body, uid, max(size - 2, 0), 2)
+                if tail is None:
+                    self.wire[uid] = 0  # another client removed it
+                else:
+                    self.wire[uid] = size + (0 if size >= 2 and tail[-2:] == b"\r\n" else 2)
+        return self.wire[uid]
+
+    async def fetch(self, msg: MessageRef) -> AsyncIterator[bytes]:
+        uid = self._uid(msg)
+        wire = await self.wire_size(msg)
+        if uid is None or wire == 0:
+            raise StoreError("No such message")
+        size = self.sizes[uid]
+        chunk = self.store.limits.imap_fetch_chunk
+        budget = self.store.budget
+        whole = size <= chunk
+        offset, tail = 0, b""
+        while offset < size:
+            hold = size if whole else chunk
+            await budget.acquire(hold)
+            try:
+                if whole:
+                    data = await self._call("UID FETCH", self.conn.fetch_body, uid)
+                else:
+                    data = await self._call("UID FETCH", self.conn.fetch_body, uid, offset, chunk)
+                if not data or offset + len(data) > size:
+                    self._mismatch(uid, size, offset, data)
+                if (whole or len(data) < chunk) and offset + len(data) != size:
+                    self._mismatch(uid, size, offset, data)
+                tail = (tail + data[-2:])[-2:]
+                offset += len(data)
+                yield data
+                del data
+            finally:
+                budget.release(hold)
+        if offset + (0 if tail == b"\r\n" else 2) != wire:
+            self._mismatch(uid, wire, offset, b"")
+        if tail != b"\r\n":
+            yield b"\r\n"
+
+    def _mismatch(self, uid: int, expected: int, offset: int, data: bytes | None) -> None:
+        got = "nothing (message gone)" if data is None else f"{offset + len(data)} octets so far"
+        log.warning("backend %s: user %r: UID %d: announced %d octets, server sent %s",
+                    self.store.name, self.user, uid, expected, got)
+        raise StoreError(SIZE_MISMATCH)
+
+    async def mark_seen(self, msg: MessageRef) -> None:
+        uid = self._uid(msg)
+        if uid is None:
+            return
+        if self.conn.readonly:
+            return  # nothing to record in a read-only folder
+        await self._call("UID STORE", self.conn.add_flag, [uid], "\\Seen")
+
+    async def release(self, deleted: Sequence[MessageRef]) -> None:
+        uids = sorted({u for u in (self._uid(m) for m in deleted) if u is not None})
+        folder = self.folder
+        self.folder, self.sizes, self.wire = None, {}, {}
+        if not uids:
+            return
+        if self.conn.readonly:
+            log.warning("backend %s: user %r: %s is read-only; %d deletions not applied",
+                        self.store.name, self.user, folder, len(uids))
+            raise StoreError("Folder is read-only")
+        await self._call("UID STORE", self.conn.add_flag, uids, "\\Deleted")
+        if "UIDPLUS" in self.conn.capabilities:
+            await self._call("UID EXPUNGE", self.conn.uid_expunge, uids)
+        elif self.store.limits.expunge_without_uidplus:
+            log.info("backend %s: user %r: no UIDPLUS; plain EXPUNGE in %s",
+                     self.store.name, self.user, folder)
+            await self._call("EXPUNGE", self.conn.expunge_all)
+        else:
+            log.warning("backend %s: user %r: no UIDPLUS; %d messages in %s flagged \\Deleted, not expunged",
+                        self.store.name, self.user, len(uids), folder)
+        log.info("backend %s: user %r: deleted %d messages from %s",
+                 self.store.name, self.user, len(uids), folder)
+
+    async def close(self) -> None:
+        self.folder, self.sizes, self.wire = None, {}, {}
+        try:
+            await self.store.run(self.conn.logout)
+        except RuntimeError:
+            self.conn.abort()  # the pool is already shut down
