@@ -401,3 +401,43 @@ async def test_max_connections(make_server):
     writer.close()
     await asyncio.sleep(0.2)
     assert await srv.talk(b"QUIT\r\n") == GREETING + b"+ OK\r\n"
+
+
+# -- UW compatibility ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "stored,flags,wire",
+    [
+        (b"Subject: x\n\nbody\n", None, b"Subject: x\r\nStatus:  O\r\n\r\nbody\r\n\r\n"),
+        (b"Subject: x\n\nbody\n", "S", b"Subject: x\r\nStatus: RO\r\n\r\nbody\r\n\r\n"),
+        (b"Subject: only a header\n", None, b"Subject: only a header\r\nStatus:  O\r\n\r\n"),
+        (b"Subject: x\n\n\n\nmore\n", None, b"Subject: x\r\nStatus:  O\r\n\r\n\r\n\r\nmore\r\n\r\n"),
+    ],
+)
+async def test_uw_compat_status_and_trailer(make_server, env, stored, flags, wire):
+    srv = await make_server(server={"uw_compat": True})
+    env.deliver("alice", stored, flags=flags)
+    reply = await srv.talk(HELO + b"READ\r\nRETR\r\nACKS\r\nQUIT\r\n")
+    head = GREETING + b"#1 message in INBOX\r\n" + f"={len(wire)} characters in message 1\r\n".encode()
+    assert reply == head + wire + b"=0 no message 2\r\n+ OK\r\n"
+
+
+async def test_uw_compat_off_by_default(server, env):
+    env.deliver("alice", b"Subject: x\n\nbody\n")
+    reply = await server.talk(HELO + b"READ\r\nRETR\r\nACKS\r\nQUIT\r\n")
+    assert b"Status:" not in reply
+
+
+async def test_uw_compat_blank_line_split_across_chunks():
+    from pop2gate.uwcompat import add_status
+
+    message = b"A: 1\r\nB: 2\r\n\r\nbody\r\n"
+    expected = b"A: 1\r\nB: 2\r\nStatus:  O\r\n\r\nbody\r\n\r\n"
+    for size in range(1, len(message) + 1):
+        async def chunks():
+            for i in range(0, len(message), size):
+                yield message[i : i + size]
+
+        out = b"".join([c async for c in add_status(chunks(), seen=False)])
+        assert out == expected, size

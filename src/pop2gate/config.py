@@ -32,6 +32,7 @@ class ServerSettings(_Model):
     hostname: str = Field(default_factory=socket.gethostname)
     listen: list[str] = ["127.0.0.1:109"]
     show_version: bool = False
+    uw_compat: bool = False
 
     @field_validator("listen")
     @classmethod

@@ -31,6 +31,7 @@ class Gateway:
             hostname=config.server.hostname,
             limits=config.limits,
             show_version=config.server.show_version,
+            uw_compat=config.server.uw_compat,
         )
         self.active = 0
         self.sessions: set[asyncio.Task] = set()

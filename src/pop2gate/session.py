@@ -8,10 +8,11 @@ failure, a crash) ends in `close` without deleting anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
-from . import __version__
+from . import __version__, uwcompat
 from .config import Limits
 from .folders import InvalidFolderName, check_folder_name
 from .protocol import (
@@ -46,6 +47,7 @@ class SessionSettings:
     hostname: str
     limits: Limits
     show_version: bool = False
+    uw_compat: bool = False
 
 
 class Session:
@@ -241,7 +243,10 @@ class Session:
         n = self.current
         size = 0
         if 1 <= n <= len(self.messages) and n not in self.acked:
-            size = await self._store_call(self.mailbox.wire_size(self.messages[n - 1]))
+            ref = self.messages[n - 1]
+            size = await self._store_call(self.mailbox.wire_size(ref))
+            if size and self.settings.uw_compat:
+                size += uwcompat.extra_octets(ref.seen)
         self.announced = size
         await self._write(self.proto.reply_length(size, n))
 
@@ -251,13 +256,17 @@ class Session:
         self.proto.start_data()
         ref = self.messages[self.current - 1]
         expected, sent = self.announced, 0
+        chunks = self.mailbox.fetch(ref)
+        if self.settings.uw_compat:
+            chunks = uwcompat.add_status(chunks, ref.seen)
         try:
-            async for chunk in self.mailbox.fetch(ref):
-                if sent + len(chunk) > expected:
-                    await self._write(chunk[: expected - sent])
-                    raise _Close(why=f"message {ref.id} longer than announced {expected}; closed")
-                await self._write(chunk)
-                sent += len(chunk)
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    if sent + len(chunk) > expected:
+                        await self._write(chunk[: expected - sent])
+                        raise _Close(why=f"message {ref.id} longer than announced {expected}; closed")
+                    await self._write(chunk)
+                    sent += len(chunk)
         except StoreError as err:
             raise _Close(why=f"backend failed during RETR of {ref.id} after {sent} octets: {err}") from None
         if sent != expected:

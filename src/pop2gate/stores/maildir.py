@@ -131,7 +131,7 @@ class MaildirMailbox:
             if uid in self._files:
                 continue
             self._files[uid] = file
-            refs.append(MessageRef(uid, size))
+            refs.append(MessageRef(uid, size, seen="S" in _flags(name)))
         return refs
 
     def _locate(self, ref: MessageRef) -> Path | None:
