@@ -352,13 +352,13 @@ async def probe(host: str, port: int, timeout: float) -> Row:
     except TimeoutError:
         if writer is None:
             return Row(host, port, "timeout", advice=f"no answer within {timeout:g} s: no service seen")
-        _close(writer)
+        await _close(writer)
         partial = f" (partial: {show(raw)})" if raw else ""
         return Row(host, port, "timeout",
                    advice=f"port open but no greeting within {timeout:g} s{partial}: no service seen")
     except OSError as e:
         if writer is not None:
-            _close(writer)
+            await _close(writer)
         return Row(host, port, "open", "", UNKNOWN, None, NONE, [],
                    f"connection failed while reading the greeting ({e.strerror or e})")
     goodbye = polite_close(raw) if raw else b""
@@ -368,14 +368,15 @@ async def probe(host: str, port: int, timeout: float) -> Row:
             await asyncio.wait_for(writer.drain(), timeout=1.0)
         except (OSError, TimeoutError):
             pass
-    _close(writer)
+    await _close(writer)
     return row_for_greeting(host, port, raw, overlong)
 
 
-def _close(writer: asyncio.StreamWriter) -> None:
+async def _close(writer: asyncio.StreamWriter) -> None:
     try:
         writer.close()
-    except OSError:
+        await asyncio.wait_for(writer.wait_closed(), timeout=1.0)
+    except (OSError, TimeoutError):
         pass
 
 
