@@ -482,3 +482,46 @@ def test_cli_as_a_real_process():
     proc = subprocess.run([str(exe), "check", f"127.0.0.1:{closed_port()}"], capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 0 and proc.stdout.startswith("VERDICT")
+
+
+# --- pop2gate's own server -----------------------------------------------------
+
+@pytest.mark.parametrize("show_version", [False, True])
+def test_pop2gate_server_is_ok(tmp_path, show_version):
+    exe = Path(sys.executable).parent / "pop2gate"
+    port = closed_port()
+    (tmp_path / "mail").mkdir()
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(
+        "[server]\n"
+        'hostname = "localhost"\n'
+        f'listen = ["127.0.0.1:{port}"]\n'
+        f"show_version = {'true' if show_version else 'false'}\n"
+        "[[backend]]\n"
+        'name = "local"\n'
+        'type = "maildir"\n'
+        f'path = "{tmp_path / "mail"}"\n'
+        f'users_file = "{tmp_path / "users"}"\n'
+        "[routing]\n"
+        'default = "local"\n')
+    server = subprocess.Popen([str(exe), "serve", "-c", str(cfg)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stderr.read().decode()
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        proc = subprocess.run([str(exe), "check", "--json", f"127.0.0.1:{port}"],
+                              capture_output=True, text=True, timeout=30)
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [row] = json.loads(proc.stdout)
+    version = "0.1.0" if show_version else None
+    assert (row["state"], row["software"], row["version"], row["verdict"], row["references"]) == (
+        "open", "pop2gate", version, "OK", [])
+    assert row["banner"].startswith("+ POP2 localhost pop2gate")

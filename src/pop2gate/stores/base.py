@@ -14,7 +14,7 @@ from typing import Protocol
 
 
 class StoreError(Exception):
-    """A backend failed; the message is safe to show a client (short, generic)."""
+    """A backend failed. The message goes to the log; the client sees a generic reply."""
 
 
 @dataclass(frozen=True)
