@@ -424,11 +424,13 @@ def test_rich_table_renders():
     from rich.console import Console
 
     rows = [ck.Row("localhost", 109, "open", "+ POP2 localhost v4.46 server ready", "uw-ipop2d",
-                   "4.46", "VULNERABLE", OVERFLOW, "stop it"), ck.Row("::1", 109, "closed")]
+                   "4.46", "VULNERABLE", OVERFLOW, "stop it"), ck.Row("::1", 109, "closed"),
+            ck.Row("localhost", 110, "open", "+ POP2 [bold]x[/] [/nope]", "pop2", None, "WARNING")]
     console = Console(record=True, width=200)
     console.print(ck.rich_table(rows))
     text = console.export_text()
     assert "VULNERABLE" in text and "[::1]:109" in text and "CVE-1999-0920" in text
+    assert "[bold]x[/] [/nope]" in text  # greeting text shown as is, not taken as markup
 
 
 def test_cli_exit_codes():

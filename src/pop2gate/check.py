@@ -219,8 +219,8 @@ def _judge_imap_pop3(b: Banner) -> tuple[str, list[str], str]:
     name = "imapd" if b.software == IMAPD else "ipop3d"
     if b.form == "1990s":
         refs = REFS_CA_97_09 + (REFS_CA_98_09 if b.software == IMAPD else [])
-        return VULNERABLE, refs, (f"UW {name} from before the CA-97.09 fix (imap-4.1): remote "
-                                  f"root through a buffer overflow; {STOP}, or upgrade")
+        return VULNERABLE, refs, (f"UW {name} from before the CA-97.09 fix: remote root "
+                                  f"through a buffer overflow; {STOP}, or upgrade")
     if b.software == IMAPD and b.form == "4x" and b.numbers <= (10, 234):
         return VULNERABLE, list(REFS_CA_98_09), (
             "UW imapd 10.234 or older: remote root through the AUTHENTICATE buffer overflow "
@@ -294,7 +294,10 @@ def plain_table(rows: list[Row]) -> str:
     head = ["VERDICT", "TARGET", "STATE", "SOFTWARE", "VERSION", "REFERENCES"]
     cells = [_cells(r) for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *cells)]
-    fmt = lambda xs: "  ".join(x.ljust(w) for x, w in zip(xs, widths)).rstrip()  # noqa: E731
+
+    def fmt(xs: list[str]) -> str:
+        return "  ".join(x.ljust(w) for x, w in zip(xs, widths)).rstrip()
+
     out = [fmt(head)]
     for r, c in zip(rows, cells):
         out.append(fmt(c))
@@ -306,17 +309,22 @@ def plain_table(rows: list[Row]) -> str:
 
 
 def rich_table(rows: list[Row]):
-    """The same table for a terminal, with colour."""
+    """The same table for a terminal, with colour. Greeting text is never read as markup."""
     from rich.table import Table
+    from rich.text import Text
 
     colour = {VULNERABLE: "bold red", WARNING: "yellow", OK: "green", NONE: "dim"}
     table = Table(title="pop2gate check", caption=summary(rows))
-    for name in ("Verdict", "Target", "State", "Software", "Version", "References", "Banner / advice"):
-        table.add_column(name, overflow="fold")
+    table.add_column("Verdict", no_wrap=True)
+    table.add_column("Target", overflow="fold")
+    table.add_column("State", no_wrap=True)
+    table.add_column("Software", overflow="fold")
+    table.add_column("References, banner, advice", overflow="fold", ratio=1)
     for r in rows:
-        c = _cells(r)
-        note = (f"{r.banner}\n" if r.banner else "") + r.advice
-        table.add_row(f"[{colour[r.verdict]}]{c[0]}[/]", *c[1:], note, style=None)
+        software = " ".join(x for x in (r.software, r.version) if x) or "-"
+        details = [", ".join(r.references), r.banner, r.advice]
+        table.add_row(Text(r.verdict, style=colour[r.verdict]), Text(_where(r.host, r.port)),
+                      Text(r.state), Text(software), Text("\n".join(x for x in details if x)))
     return table
 
 
