@@ -40,8 +40,9 @@ class Greeter:
     """An asyncio server on loopback, run in its own thread: greets, then records."""
 
     def __init__(self, greeting: bytes | None, *, delay: float = 0.0, host: str = "127.0.0.1",
-                 hang_up: bool = False):
+                 hang_up: bool = False, trickle: float = 0.0):
         self.greeting, self.delay, self.host, self.hang_up = greeting, delay, host, hang_up
+        self.trickle = trickle
         self.received: list[bytes] = []
         self.connections = 0
         self.active = 0
@@ -87,7 +88,12 @@ class Greeter:
         try:
             if self.delay:
                 await asyncio.sleep(self.delay)
-            if self.greeting is not None:
+            if self.greeting is not None and self.trickle:
+                for i in range(len(self.greeting)):
+                    writer.write(self.greeting[i:i + 1])
+                    await writer.drain()
+                    await asyncio.sleep(self.trickle)
+            elif self.greeting is not None:
                 writer.write(self.greeting)
                 await writer.drain()
             self.active -= 1  # counts connections waiting for their greeting
@@ -328,6 +334,19 @@ async def test_slow_but_in_time():
     row, sent = await probe_greeting(b"+ POP2 localhost v4.46 server ready\r\n", delay=0.3, timeout=3)
     assert (row.state, row.verdict) == ("open", "VULNERABLE")
     assert sent == [b"QUIT\r\n"]
+
+
+async def test_greeting_a_byte_at_a_time():
+    row, sent = await probe_greeting(b"+ POP2 localhost v4.51 server ready\r\n", trickle=0.005, timeout=3)
+    assert (row.state, row.version, row.verdict) == ("open", "4.51", "VULNERABLE")
+    assert sent == [b"QUIT\r\n"]
+
+
+async def test_trickle_past_the_deadline_is_a_timeout():
+    row, sent = await probe_greeting(b"+ POP2 localhost v4.51 server ready\r\n", trickle=0.05, timeout=0.5)
+    assert (row.state, row.verdict) == ("timeout", "NONE")
+    assert "partial: + POP2" in row.advice
+    assert sent == [b""]
 
 
 async def test_too_slow_is_a_timeout():

@@ -330,46 +330,53 @@ def rich_table(rows: list[Row]):
 
 # --- network -------------------------------------------------------------------
 
-async def read_greeting(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
-    """Read up to one line, at most MAX_GREETING octets. Returns (bytes, overlong)."""
-    buf = b""
+async def read_greeting(reader: asyncio.StreamReader, buf: bytearray) -> bool:
+    """Read into `buf` up to one line, at most MAX_GREETING octets; True if it was longer.
+
+    `buf` keeps what arrived even when the caller's timeout cuts the read short.
+    """
     while len(buf) < MAX_GREETING:
         chunk = await reader.read(MAX_GREETING - len(buf))
         if not chunk:
-            return buf, False
+            return False
         buf += chunk
         end = buf.find(b"\n")
         if end >= 0:
-            return buf[:end + 1], False
-    return buf, True
+            del buf[end + 1:]
+            return False
+    return True
 
 
 async def probe(host: str, port: int, timeout: float) -> Row:
     """Connect, read the greeting, say goodbye politely; all within `timeout` seconds."""
     writer = None
-    raw = b""
+    buf = bytearray()
     try:
         async with asyncio.timeout(timeout):
             try:
                 reader, writer = await asyncio.open_connection(host, port)
             except ConnectionRefusedError:
                 return Row(host, port, "closed", advice="connection refused: no service")
+            except TimeoutError:
+                return Row(host, port, "timeout", advice="no answer (connect timed out): no service seen")
             except OSError as e:
                 return Row(host, port, "closed", advice=f"cannot connect ({e.strerror or e}): no service")
-            raw, overlong = await read_greeting(reader)
+            overlong = await read_greeting(reader, buf)
     except TimeoutError:
         if writer is None:
             return Row(host, port, "timeout", advice=f"no answer within {timeout:g} s: no service seen")
         await _close(writer)
-        partial = f" (partial: {show(raw)})" if raw else ""
+        partial = f" (partial: {show(bytes(buf))})" if buf else ""
         return Row(host, port, "timeout",
                    advice=f"port open but no greeting within {timeout:g} s{partial}: no service seen")
     except OSError as e:
         if writer is not None:
             await _close(writer)
-        return Row(host, port, "open", "", UNKNOWN, None, NONE, [],
-                   f"connection failed while reading the greeting ({e.strerror or e})")
-    goodbye = polite_close(raw) if raw else b""
+        row = row_for_greeting(host, port, bytes(buf), False)
+        row.advice = f"connection failed while reading the greeting ({e.strerror or e}); {row.advice}"
+        return row
+    raw = bytes(buf)
+    goodbye = polite_close(raw)
     if goodbye:
         try:
             writer.write(goodbye)
