@@ -314,7 +314,7 @@ class _Wrapper:
             raise
 
     @staticmethod
-    def _check(event: Event | _NeedData, kind: type) -> Event:
+    def _expect(event: Event | _NeedData, kind: type) -> Event:
         if isinstance(event, Error):
             raise Pop2Error(event.text)
         if isinstance(event, Closed):
@@ -366,7 +366,7 @@ class AsyncClient(_Wrapper):
         with self._guard():
             await self._send(line)
             while not isinstance(event := await self._event(), DataEnd):
-                fileobj.write(self._check(event, Data).data)
+                fileobj.write(self._expect(event, Data).data)
                 total += len(event.data)
         return total
 
@@ -412,7 +412,7 @@ class AsyncClient(_Wrapper):
         with self._guard():
             if line is not None:
                 await self._send(line)
-            return self._check(await self._event(), kind)
+            return self._expect(await self._event(), kind)
 
 
 class Client(_Wrapper):
@@ -455,7 +455,7 @@ class Client(_Wrapper):
         with self._guard():
             self._sock.sendall(line)
             while not isinstance(event := self._event(), DataEnd):
-                fileobj.write(self._check(event, Data).data)
+                fileobj.write(self._expect(event, Data).data)
                 total += len(event.data)
         return total
 
@@ -493,4 +493,4 @@ class Client(_Wrapper):
         with self._guard():
             if line is not None:
                 self._sock.sendall(line)
-            return self._check(self._event(), kind)
+            return self._expect(self._event(), kind)

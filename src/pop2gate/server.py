@@ -33,6 +33,7 @@ class Gateway:
             show_version=config.server.show_version,
         )
         self.active = 0
+        self.sessions: set[asyncio.Task] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
         if self.active >= self.config.limits.max_connections:
@@ -43,10 +44,15 @@ class Gateway:
             writer.close()
             return
         self.active += 1
+        task = asyncio.current_task()
+        self.sessions.add(task)
         try:
             await Session(reader, writer, peer, self.settings, self.router).run()
+        except asyncio.CancelledError:
+            log.info("session ended by shutdown peer=%s:%s", peer.host, peer.port)
         finally:
             self.active -= 1
+            self.sessions.discard(task)
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername") or ("unknown", 0)
@@ -62,6 +68,11 @@ class Gateway:
         return servers
 
     async def aclose(self) -> None:
+        """End open sessions (without deleting anything), then the stores."""
+        for task in list(self.sessions):
+            task.cancel()
+        if self.sessions:
+            await asyncio.wait(list(self.sessions), timeout=10)
         for store in self.stores.values():
             await store.aclose()
 

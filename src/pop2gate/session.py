@@ -108,12 +108,27 @@ class Session:
             except Exception:
                 log.exception("mailbox close failed %s", self.tag)
             self.mailbox = None
+        await self._lingering_close()
+        log.info("closed %s", self.tag)
+
+    async def _lingering_close(self) -> None:
+        """Send FIN, then discard input briefly, so unread client data cannot
+        turn the close into a reset that destroys our last reply in transit."""
+        try:
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + self.limits.close_linger
+                while (left := deadline - loop.time()) > 0:
+                    if not await asyncio.wait_for(self.reader.read(65536), left):
+                        break
+        except Exception:
+            pass
         try:
             self.writer.close()
             await asyncio.wait_for(self.writer.wait_closed(), 5)
         except Exception:
             pass
-        log.info("closed %s", self.tag)
 
     # -- I/O -----------------------------------------------------------------
 
