@@ -74,7 +74,7 @@ def demo(directory: Path | None, log_level: str) -> None:
             f"pop2gate demo: serving {directory / 'mail'} on {host}:{port} (user demo, password demo)\n"
             f"Connect by hand:     telnet {host} {port}\n"
             f"  then type:         HELO demo demo, READ, RETR, ACKS (keep) or ACKD (delete), QUIT\n"
-            f"Or with the client:  pop2gate fetch --host {host} --port {port} --user demo --list\n"
+            f"Or with the client:  echo demo | pop2gate fetch --host {host} --port {port} --user demo --list\n"
             f"Stop with Ctrl-C.",
         )
 
@@ -104,10 +104,10 @@ def _users_file(config_path: Path | None, users_file: Path | None, backend: str 
     return maildirs[0].users_file
 
 
-def _read_password() -> str:
+def _read_password(confirm: bool = True) -> str:
     if sys.stdin.isatty():
         first = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != first:
+        if confirm and getpass.getpass("Again: ") != first:
             raise click.ClickException("passwords differ")
         return first
     return sys.stdin.readline().rstrip("\r\n")
@@ -131,6 +131,43 @@ def user_add(name: str, config_path: Path | None, users_file: Path | None, backe
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     click.echo(f"{'added' if new else 'changed'} user {name} in {path}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="POP2 server.")
+@click.option("--port", default=109, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--user", required=True, help="Login name (the password is read without echo, or from stdin).")
+@click.option("--folder", help="Mailbox to read instead of INBOX.")
+@click.option("--list", "list_only", is_flag=True, help="Only list message numbers and sizes; change nothing.")
+@click.option("--maildir", type=click.Path(path_type=Path), help="Save messages into this Maildir.")
+@click.option("--delete", is_flag=True, help="With --maildir: delete each message on the server once saved.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait on the network.")
+def fetch(host, port, user, folder, list_only, maildir, delete, timeout) -> None:
+    """Read a mailbox from a POP2 server (list it, or save it into a Maildir)."""
+    from .client import Client, Pop2ClientError
+    from .fetch import fetch_to_maildir, list_messages
+
+    if list_only == (maildir is not None):
+        raise click.UsageError("give exactly one of --list or --maildir")
+    if delete and maildir is None:
+        raise click.UsageError("--delete needs --maildir")
+    password = _read_password(confirm=False)
+    try:
+        with Client.connect(host, port, timeout=timeout) as client:
+            count = client.helo(user, password)
+            if folder:
+                count = client.fold(folder)
+            if list_only:
+                for n, size in list_messages(client, count):
+                    click.echo(f"{n:6d} {size:10d}")
+                click.echo(f"{count} message(s) in {folder or 'INBOX'}")
+            else:
+                saved = fetch_to_maildir(client, count, maildir, delete, report=click.echo)
+                click.echo(f"{saved} message(s) saved to {maildir}" + (", deleted on the server" if delete else ""))
+            client.quit()
+    except (Pop2ClientError, OSError) as err:
+        click.echo(f"pop2gate fetch: {err.__class__.__name__}: {err}", err=True)
+        sys.exit(1)
 
 
 @main.command()
