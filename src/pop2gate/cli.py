@@ -2,12 +2,221 @@
 
 from __future__ import annotations
 
+import asyncio
+import getpass
+import sys
+from pathlib import Path
+
 import click
 
 from . import __version__
+from .config import ConfigError, MaildirBackend, load_config
+from .logs import LEVELS, setup_logging
+
+CONFIG_HELP = "TOML configuration file (see docs/configuration.md)."
+
+
+def _load(path: Path):
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        click.echo(f"pop2gate: config error: {err}", err=True)
+        sys.exit(2)
+
+
+def _log_option(f):
+    return click.option(
+        "--log-level", type=click.Choice(LEVELS), default="info", show_default=True, help="Log detail (to stderr)."
+    )(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pop2gate")
 def main() -> None:
     """pop2gate: a secure IMAP-to-POP2 (RFC 937) conversion server and toolkit."""
+
+
+@main.command()
+@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), required=True, help=CONFIG_HELP)
+@click.option("--inetd", is_flag=True, help="Serve one session on stdin/stdout (inetd, xinetd, socat).")
+@_log_option
+def serve(config_path: Path, inetd: bool, log_level: str) -> None:
+    """Run the POP2 server."""
+    from .server import serve_forever, serve_stdio
+
+    config = _load(config_path)
+    setup_logging(log_level)
+    try:
+        asyncio.run(serve_stdio(config) if inetd else serve_forever(config))
+    except OSError as err:
+        click.echo(f"pop2gate: cannot listen: {err}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "--dir", "directory", type=click.Path(path_type=Path), default=None,
+    help="Where the demo store lives (default: pop2gate/demo under the XDG data home).",
+)
+@_log_option
+def demo(directory: Path | None, log_level: str) -> None:
+    """Serve a demo mailbox (user demo, password demo) on 127.0.0.1:1109."""
+    from .demo import DEMO_ADDRESS, create_demo, default_dir
+    from .server import serve_forever
+
+    directory = directory or default_dir()
+    config = create_demo(directory)
+    host, port = DEMO_ADDRESS
+    setup_logging(log_level)
+
+    def ready(_servers) -> None:
+        click.echo(
+            f"pop2gate demo: serving {directory / 'mail'} on {host}:{port} (user demo, password demo)\n"
+            f"Connect by hand:     telnet {host} {port}\n"
+            f"  then type:         HELO demo demo, READ, RETR, ACKS (keep) or ACKD (delete), QUIT\n"
+            f"Or with the client:  echo demo | pop2gate fetch --host {host} --port {port} --user demo --list\n"
+            f"Stop with Ctrl-C.",
+        )
+
+    try:
+        asyncio.run(serve_forever(config, ready=ready))
+    except OSError as err:
+        click.echo(f"pop2gate demo: cannot listen on {host}:{port}: {err.strerror}", err=True)
+        sys.exit(1)
+
+
+@main.group()
+def user() -> None:
+    """Manage users of a Maildir backend."""
+
+
+def _users_file(config_path: Path | None, users_file: Path | None, backend: str | None) -> Path:
+    if users_file is not None:
+        return users_file
+    if config_path is None:
+        raise click.UsageError("give -c CONFIG or --users-file FILE")
+    config = _load(config_path)
+    maildirs = [b for b in config.backend if isinstance(b, MaildirBackend)]
+    if backend is not None:
+        maildirs = [b for b in maildirs if b.name == backend]
+    if len(maildirs) != 1:
+        raise click.UsageError("the config must have exactly one maildir backend, or name one with --backend")
+    return maildirs[0].users_file
+
+
+def _read_password(confirm: bool = True) -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if confirm and getpass.getpass("Again: ") != first:
+            raise click.ClickException("passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), help=CONFIG_HELP)
+@click.option("--users-file", type=click.Path(path_type=Path), help="The users file to change.")
+@click.option("--backend", help="Which maildir backend of the config, when it has several.")
+def user_add(name: str, config_path: Path | None, users_file: Path | None, backend: str | None) -> None:
+    """Create user NAME or change its password.
+
+    The password is read without echo, or from stdin when it is not a terminal.
+    """
+    from .passwords import set_password
+
+    path = _users_file(config_path, users_file, backend)
+    try:
+        new = set_password(path, name, _read_password())
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    click.echo(f"{'added' if new else 'changed'} user {name} in {path}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="POP2 server.")
+@click.option("--port", default=109, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--user", required=True, help="Login name (the password is read without echo, or from stdin).")
+@click.option("--folder", help="Mailbox to read instead of INBOX.")
+@click.option("--list", "list_only", is_flag=True, help="Only list message numbers and sizes; change nothing.")
+@click.option("--maildir", type=click.Path(path_type=Path), help="Save messages into this Maildir.")
+@click.option("--delete", is_flag=True, help="With --maildir: delete each message on the server once saved.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait on the network.")
+def fetch(host, port, user, folder, list_only, maildir, delete, timeout) -> None:
+    """Read a mailbox from a POP2 server (list it, or save it into a Maildir)."""
+    from .client import Client, Pop2ClientError
+    from .fetch import fetch_to_maildir, list_messages
+
+    if list_only == (maildir is not None):
+        raise click.UsageError("give exactly one of --list or --maildir")
+    if delete and maildir is None:
+        raise click.UsageError("--delete needs --maildir")
+    password = _read_password(confirm=False)
+    try:
+        with Client.connect(host, port, timeout=timeout) as client:
+            count = client.helo(user, password)
+            if folder:
+                count = client.fold(folder)
+            if list_only:
+                for n, size in list_messages(client, count):
+                    click.echo(f"{n:6d} {size:10d}")
+                click.echo(f"{count} message(s) in {folder or 'INBOX'}")
+            else:
+                saved = fetch_to_maildir(client, count, maildir, delete, report=click.echo)
+                click.echo(f"{saved} message(s) saved to {maildir}" + (", deleted on the server" if delete else ""))
+            client.quit()
+    except (Pop2ClientError, OSError) as err:
+        click.echo(f"pop2gate fetch: {err.__class__.__name__}: {err}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("targets", nargs=-1)
+@click.option("--targets-file", "targets_file", type=click.Path(dir_okay=False),
+              help="File of targets, one a line (# starts a comment).")
+@click.option("--ports", default="109", show_default=True,
+              help="Ports to check on targets without one, e.g. 109,110,143.")
+@click.option("--timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True,
+              help="Seconds allowed for each connection and its greeting.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Connections open at once, at most.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per target and port.")
+def check(targets: tuple[str, ...], targets_file: str | None, ports: str, timeout: float,
+          concurrency: int, as_json: bool) -> None:
+    """Find POP2 services and say which known advisories apply.
+
+    TARGETS are host names, IPv4 or IPv6 addresses, host:port or [v6]:port;
+    the default is localhost. Only the greeting is read, then QUIT (or LOGOUT)
+    is sent; no login, no password, nothing else. Exit status: 0 nothing
+    vulnerable, 1 something vulnerable, 2 usage error.
+    """
+    from . import check as checker
+
+    try:
+        port_list = checker.parse_ports(ports)
+    except checker.TargetError as e:
+        raise click.BadParameter(str(e), param_hint="--ports") from None
+    names = list(targets)
+    if targets_file is not None:
+        try:
+            names += checker.read_targets_file(targets_file)
+        except (OSError, UnicodeDecodeError) as e:
+            raise click.BadParameter(f"cannot read {targets_file}: {e}",
+                                     param_hint="--targets-file") from None
+    if not names and targets_file is None:
+        names = ["localhost"]
+    if not names:
+        raise click.UsageError("no targets in the targets file")
+    try:
+        rows = checker.check(names, port_list, timeout=timeout, concurrency=concurrency)
+    except checker.TargetError as e:
+        raise click.BadParameter(str(e), param_hint="TARGETS") from None
+    if as_json:
+        click.echo(checker.to_json(rows))
+    elif sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(checker.rich_table(rows))
+    else:
+        click.echo(checker.plain_table(rows), nl=False)
+    sys.exit(checker.exit_status(rows))

@@ -25,7 +25,7 @@ class _Model(BaseModel):
 
 def _split_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"{value!r} is not HOST:PORT (IPv6 as [addr]:port)")
     return host.strip("[]"), int(port)
 
@@ -34,6 +34,7 @@ class ServerSettings(_Model):
     hostname: str = Field(default_factory=socket.gethostname)
     listen: list[str] = ["127.0.0.1:109"]
     show_version: bool = False
+    uw_compat: bool = False
 
     @field_validator("listen")
     @classmethod
@@ -60,6 +61,7 @@ class Limits(_Model):
     idle_timeout: float = Field(1800, gt=0)
     bad_login_delay: float = Field(3, ge=0)
     max_connections: int = Field(200, gt=0)
+    close_linger: float = Field(2, ge=0)
     retr_chunk_size: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     # IMAP backends (docs/imap.md).
     imap_connect_timeout: float = Field(30, gt=0)

@@ -14,7 +14,7 @@ from typing import Protocol
 
 
 class StoreError(Exception):
-    """A backend failed; the message is safe to show a client (short, generic)."""
+    """A backend failed. The message goes to the log; the client sees a generic reply."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Peer:
 
 @dataclass(frozen=True)
 class MessageRef:
-    """One message of a folder snapshot: a stable id and its size in octets.
+    """One message of a folder snapshot: a stable id, its size in octets, its seen flag.
 
     `size` is what the store knows when it selects the folder; the exact
     number of octets RETR sends comes from `Mailbox.wire_size`.
@@ -35,6 +35,7 @@ class MessageRef:
 
     id: str
     size: int
+    seen: bool = False
 
 
 class Mailbox(Protocol):

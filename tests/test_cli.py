@@ -1,0 +1,235 @@
+"""The command line as users run it: real processes, real sockets, real pipes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, PASSWORD
+
+POP2GATE = str(BIN / "pop2gate")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def run(*args: str, stdin: str = "", **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([POP2GATE, *args], input=stdin, capture_output=True, text=True, timeout=60, **kw)
+
+
+@pytest.fixture
+def serving(env):
+    """`pop2gate serve -c FILE` as a subprocess; yields the port."""
+    port = free_port()
+    cfg = env.write_config(f"127.0.0.1:{port}")
+    proc = subprocess.Popen([POP2GATE, "serve", "-c", str(cfg)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(port, proc)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def test_serve_and_client_session(serving, env):
+    from pop2gate.client import Client
+
+    env.deliver("alice", b"Subject: hi\n\nhello\n")
+    with Client.connect("127.0.0.1", serving, timeout=10) as c:
+        assert c.greeting.text.startswith("POP2 test.invalid")
+        assert c.helo("alice", PASSWORD) == 1
+        assert c.read() == len(b"Subject: hi\r\n\r\nhello\r\n")
+        assert c.retr() == b"Subject: hi\r\n\r\nhello\r\n"
+        assert c.ackd() == 0
+        c.quit()
+    assert env.files("alice") == []
+
+
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("[server]\nlisten = 'nope'\n", "server.listen"),
+        ("[limits]\nlogin_timeout = -1\n", "limits.login_timeout"),
+        ("[limits]\nidle_timout = 5\n", "limits.idle_timout"),
+        ("[[backend]]\nname='m'\ntype='maildir'\npath='/x'\nusers_file='/y'\n[routing]\ndefault='other'\n", "routing.default"),
+        ("[[backend]]\nname='m'\ntype='ftp'\n[routing]\ndefault='m'\n", "backend.0"),
+        ("not toml [", "line 1"),
+    ],
+)
+def test_invalid_config_exits_2_naming_the_key(tmp_path, text, key):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    result = run("serve", "-c", str(cfg))
+    assert result.returncode == 2
+    assert "config error" in result.stderr and key in result.stderr
+
+
+def test_missing_config_exits_2(tmp_path):
+    result = run("serve", "-c", str(tmp_path / "absent.toml"))
+    assert result.returncode == 2 and "cannot read" in result.stderr
+
+
+def test_user_add_from_stdin(tmp_path, env):
+    users = tmp_path / "u"
+    result = run("user", "add", "carol", "--users-file", str(users), stdin="pw with spaces\n")
+    assert result.returncode == 0, result.stderr
+    assert "added user carol" in result.stdout
+    assert users.stat().st_mode & 0o777 == 0o600
+    assert "pw with spaces" not in users.read_text()
+    from pop2gate.passwords import read_users, verify
+
+    assert verify(read_users(users), "carol", "pw with spaces")
+    result = run("user", "add", "carol", "--users-file", str(users), stdin="new\n")
+    assert "changed user carol" in result.stdout
+    assert verify(read_users(users), "carol", "new")
+
+
+def test_user_add_with_config_picks_users_file(env):
+    cfg = env.write_config()
+    result = run("user", "add", "dave", "-c", str(cfg), stdin="x\n")
+    assert result.returncode == 0, result.stderr
+    assert "dave:" in env.users_file.read_text()
+
+
+@pytest.mark.parametrize("name", ["../root", "a/b", "", ".hidden", "x" * 65])
+def test_user_add_refuses_unsafe_names(tmp_path, name):
+    result = run("user", "add", name, "--users-file", str(tmp_path / "u"), stdin="x\n")
+    assert result.returncode == 2
+    assert not (tmp_path / "u").exists()
+
+
+def _inetd(env, data: bytes, **kw) -> tuple[bytes, str]:
+    cfg = env.write_config()
+    proc = subprocess.run(
+        [POP2GATE, "serve", "--inetd", "-c", str(cfg)], input=data, capture_output=True, timeout=30, **kw
+    )
+    return proc.stdout, proc.stderr.decode()
+
+
+def test_inetd_mode_through_a_pipe(env):
+    env.deliver("alice", b"Subject: via inetd\n\nbody\n")
+    out, err = _inetd(env, f"HELO alice {PASSWORD}\r\nREAD\r\nRETR\r\nACKD\r\nQUIT\r\n".encode())
+    wire = b"Subject: via inetd\r\n\r\nbody\r\n"
+    assert out == (
+        b"+ POP2 test.invalid pop2gate server ready\r\n#1 message in INBOX\r\n"
+        + f"={len(wire)} characters in message 1\r\n".encode()
+        + wire
+        + b"=0 no message 2\r\n+ OK\r\n"
+    )
+    assert env.files("alice") == []
+    assert "login" in err and PASSWORD not in err  # logs go to stderr, never the password
+
+
+def test_inetd_mode_eof_after_ackd_deletes_nothing(env):
+    env.deliver("alice", b"keep me\n")
+    out, _ = _inetd(env, f"HELO alice {PASSWORD}\r\nREAD\r\nRETR\r\nACKD\r\n".encode())
+    assert out.endswith(b"keep me\r\n=0 no message 2\r\n")
+    assert len(env.files("alice")) == 1
+
+
+def test_inetd_mode_on_a_socket(env):
+    """The way inetd starts it: stdin and stdout are the accepted socket."""
+    env.deliver("alice", b"x\n")
+    cfg = env.write_config()
+    ours, theirs = socket.socketpair()
+    with ours:
+        proc = subprocess.Popen(
+            [POP2GATE, "serve", "--inetd", "-c", str(cfg)], stdin=theirs, stdout=theirs, stderr=subprocess.PIPE
+        )
+        theirs.close()
+        ours.settimeout(20)
+        ours.sendall(f"HELO alice {PASSWORD}\r\nQUIT\r\n".encode())
+        data = b""
+        while chunk := ours.recv(4096):
+            data += chunk
+        assert data == b"+ POP2 test.invalid pop2gate server ready\r\n#1 message in INBOX\r\n+ OK\r\n"
+        proc.wait(10)
+        assert proc.returncode == 0
+
+
+def test_fetch_list_and_maildir(serving, env, tmp_path):
+    env.deliver("alice", b"Subject: one\n\n1\n")
+    env.deliver("alice", b"Subject: two\n\n2\n")
+    result = run("fetch", "--port", str(serving), "--user", "alice", "--list", stdin=PASSWORD + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[0].split() == ["1", str(len(b"Subject: one\r\n\r\n1\r\n"))]
+    assert "2 message(s) in INBOX" in result.stdout
+    assert len(env.files("alice")) == 2
+
+    out = tmp_path / "local"
+    result = run("fetch", "--port", str(serving), "--user", "alice", "--maildir", str(out), "--delete",
+                 stdin=PASSWORD + "\n")
+    assert result.returncode == 0, result.stderr
+    saved = sorted(p.read_bytes() for p in (out / "new").iterdir())
+    assert saved == [b"Subject: one\r\n\r\n1\r\n", b"Subject: two\r\n\r\n2\r\n"]
+    assert env.files("alice") == []
+
+
+def test_fetch_bad_login_exits_1(serving):
+    result = run("fetch", "--port", str(serving), "--user", "alice", "--list", stdin="wrong\n")
+    assert result.returncode == 1
+    assert "Bad login" in result.stderr
+
+
+def test_demo_serves_a_full_session(tmp_path):
+    """`pop2gate demo`: HELO, FOLD, READ, RETR, ACKS, ACKD, NACK and QUIT as POP2.md says."""
+    from pop2gate.client import Client
+    from pop2gate.demo import DEMO_ADDRESS
+
+    host, port = DEMO_ADDRESS
+    proc = subprocess.Popen([POP2GATE, "demo", "--dir", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(port, proc)
+        with Client.connect(host, port, timeout=20) as c:
+            assert c.helo("demo", "demo") == 5
+            sizes = [c.read(n) for n in range(1, 6)]
+            assert all(s > 0 for s in sizes) and max(sizes) > 1_000_000
+            assert c.read(1) == sizes[0]
+            first = c.retr()
+            assert len(first) == sizes[0] and first.endswith(b"\r\n")
+            assert c.nack() == sizes[0]              # NACK: same message again
+            assert c.retr() == first
+            assert c.acks() == sizes[1]             # ACKS: keep, advance
+            dots = c.retr()
+            assert b"\r\n.\r\n.. two dots\r\n" in dots
+            assert c.ackd() == sizes[2]             # ACKD: delete on QUIT, advance
+            assert c.read(2) == 0                   # ACKD'd in this session
+            assert c.read(5) == sizes[4]
+            assert c.retr().endswith(b"has no line end\r\n")
+            assert c.acks() == 0                    # past the end
+            assert c.fold("Archive") == 1           # releases INBOX: message 2 deleted
+            assert c.read() > 0
+            assert c.quit() == "OK"
+        with Client.connect(host, port, timeout=20) as c:
+            assert c.helo("demo", "demo") == 4
+            c.quit()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=10)
+    assert f"telnet {host} {port}" in out
+    assert "pop2gate fetch" in out
+    mail = tmp_path / "mail" / "demo"
+    assert len(os.listdir(mail / "new")) + len(os.listdir(mail / "cur")) == 4
