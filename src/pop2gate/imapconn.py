@@ -10,6 +10,7 @@ a credential.
 from __future__ import annotations
 
 import imaplib
+import ipaddress
 import socket
 import ssl
 import threading
@@ -117,9 +118,13 @@ class ImapConn:
         return typ, text, imap.untagged_responses.pop("FETCH", [])
 
     def _send_id(self, host: str, port: int) -> None:
-        if not quotable(host):
-            return
-        fields = f'("x-originating-ip" {quote(host)} "x-originating-port" "{int(port)}")'
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return  # not a network client (inetd on a pipe): nothing to tell
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        fields = f'("x-originating-ip" "{addr}" "x-originating-port" "{int(port)}")'
         try:
             self._run("ID", fields)
         except imaplib.IMAP4.abort:
@@ -210,10 +215,10 @@ class ImapConn:
 
         return self._guarded("SELECT", run)
 
-    def snapshot(self) -> list[tuple[int, int]]:
-        """(UID, RFC822.SIZE) of every message not flagged \\Deleted, by UID."""
+    def snapshot(self) -> list[tuple[int, int, bool]]:
+        """(UID, RFC822.SIZE, seen) of every message not flagged \\Deleted, by UID."""
 
-        def run() -> list[tuple[int, int]]:
+        def run() -> list[tuple[int, int, bool]]:
             typ, _, items = self._run("UID", "FETCH", "1:*", "(UID RFC822.SIZE FLAGS)")
             if typ != "OK":
                 raise ConnError(f"UID FETCH: {typ}")
@@ -222,8 +227,9 @@ class ImapConn:
                 size, flags = data.get("RFC822.SIZE"), data.get("FLAGS")
                 if not isinstance(size, str) or not size.isdigit() or not isinstance(flags, list):
                     raise ConnError(f"UID FETCH: incomplete data for UID {uid}")
-                if "\\DELETED" not in (str(f).upper() for f in flags):
-                    out.append((uid, int(size)))
+                names = {str(f).upper() for f in flags}
+                if "\\DELETED" not in names:
+                    out.append((uid, int(size), "\\SEEN" in names))
             return sorted(out)
 
         return self._guarded("UID FETCH", run)

@@ -168,8 +168,8 @@ class ImapMailbox:
             return []
         self.folder = name
         snap = await self._call("UID FETCH", self.conn.snapshot) if exists else []
-        self.sizes = dict(snap)
-        return [MessageRef(str(uid), size) for uid, size in snap]
+        self.sizes = {uid: size for uid, size, _ in snap}
+        return [MessageRef(str(uid), size, seen) for uid, size, seen in snap]
 
     def _uid(self, msg: MessageRef) -> int | None:
         uid = int(msg.id) if msg.id.isdigit() else None

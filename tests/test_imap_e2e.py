@@ -1,0 +1,307 @@
+"""POP2 on the wire through pop2gate to a real Dovecot: bytes, deletion, routing, TLS, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import threading
+
+import pytest
+
+from dovecot import HOST, MASTER, OTHER_HOST, USERS
+from pop2gate.client import AsyncClient, ConnectionClosed, Pop2Error
+from pop2gate.config import parse_config
+from pop2gate.folders import encode_mutf7
+from pop2gate.server import Gateway
+
+EDGE = [
+    b"Subject: dots\r\n\r\n.\r\n..\r\n.leading dot\r\n. \r\nend\r\n",
+    b"Subject: 8bit\r\n\r\n" + bytes(range(1, 256)).replace(b"\r", b"").replace(b"\n", b"") + b"\r\n",
+    b"Subject: long\r\n\r\n" + b"x" * 5000 + b"\r\n",
+    b"Subject: no final line end\r\n\r\nlast line without end",
+]
+_sources = itertools.count(1)
+
+
+def wire(data: bytes) -> bytes:
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+def big_message(size: int) -> bytes:
+    line = b"The quick brown fox jumps over the lazy dog, again and again.\r\n"
+    return b"Subject: big\r\n\r\n" + line * (size // len(line))
+
+
+class Gate:
+    """A pop2gate Gateway on a free loopback port."""
+
+    def __init__(self, config):
+        self.gateway = Gateway(config)
+        self.servers: list = []
+
+    async def start(self) -> "Gate":
+        self.servers = await self.gateway.start()
+        self.host, self.port = self.servers[0].sockets[0].getsockname()[:2]
+        return self
+
+    async def client(self, source: str | None = None) -> AsyncClient:
+        """A POP2 client; `source` picks a loopback source address (Dovecot penalises per address)."""
+        local = (source, 0) if source else None
+        reader, writer = await asyncio.open_connection(self.host, self.port, local_addr=local)
+        return await AsyncClient.from_streams(reader, writer, timeout=30)
+
+    async def idle(self, timeout: float = 10) -> None:
+        """Wait until every session has ended."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.gateway.active and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        assert self.gateway.active == 0
+
+    async def stop(self) -> None:
+        for s in self.servers:
+            s.close()
+            await s.wait_closed()
+        await self.gateway.aclose()
+
+
+def fresh_source() -> str:
+    n = next(_sources)
+    return f"127.2.{n // 250}.{n % 250 + 1}"
+
+
+def backend(dovecot, tls: str = "none", host: str = HOST, name: str = "dc") -> dict:
+    if tls == "implicit":
+        return {"name": name, "type": "imap", "url": f"imaps://{host}:{dovecot.tls_port}",
+                "ca_file": str(dovecot.ca_file)}
+    b = {"name": name, "type": "imap", "url": f"imap://{host}:{dovecot.port}", "tls": tls}
+    if tls == "starttls":
+        b["ca_file"] = str(dovecot.ca_file)
+    return b
+
+
+@pytest.fixture
+async def gate(dovecot):
+    started: list[Gate] = []
+
+    async def make(backends: list[dict] | None = None, routing: dict | None = None,
+                   limits: dict | None = None) -> Gate:
+        config = parse_config({
+            "server": {"hostname": "test.invalid", "listen": ["127.0.0.1:0"]},
+            "limits": {"bad_login_delay": 0.05, "close_linger": 0.1, **(limits or {})},
+            "backend": backends or [backend(dovecot)],
+            "routing": routing or {"default": "dc"},
+        })
+        g = await Gate(config).start()
+        started.append(g)
+        return g
+
+    yield make
+    for g in started:
+        await g.stop()
+
+
+@pytest.mark.parametrize("tls", ["none", "implicit"])
+async def test_drain_mailbox_byte_for_byte(dovecot, gate, tls):
+    dovecot.clear("alice")
+    messages = EDGE + [big_message(20 * 1024 * 1024)]
+    uids = [dovecot.append("alice", m) for m in messages]
+    keep = dovecot.append("alice", b"Subject: kept\r\n\r\nkeep me\r\n")
+    other = dovecot.append("alice", b"Subject: theirs\r\n\r\nflagged elsewhere\r\n", flags=r"\Deleted")
+    g = await gate([backend(dovecot, tls)])
+    c = await g.client()
+    assert await c.helo("alice", USERS["alice"]) == len(messages) + 1  # \Deleted is not offered
+    for n, data in enumerate(messages, 1):
+        assert await c.read(n) == len(wire(data))
+        assert await c.retr() == wire(data)
+        await c.ackd()
+    assert await c.read(len(messages) + 1) == len(b"Subject: kept\r\n\r\nkeep me\r\n")
+    assert await c.retr() == b"Subject: kept\r\n\r\nkeep me\r\n"
+    assert await c.acks() == 0
+    await c.quit()
+    left = dovecot.uids("alice")
+    assert sorted(left) == [keep, other]  # exactly the ACKD UIDs went
+    assert r"\Seen" in left[keep] and r"\Deleted" in left[other]
+    assert not set(uids) & set(left)
+
+
+async def test_drop_after_ackd_deletes_nothing(dovecot, gate):
+    dovecot.clear("alice")
+    uids = [dovecot.append("alice", f"Subject: {i}\r\n\r\nbody\r\n".encode()) for i in range(3)]
+    g = await gate()
+    c = await g.client()
+    assert await c.helo("alice", USERS["alice"]) == 3
+    for n in (1, 2):
+        await c.read(n)
+        await c.retr()
+        await c.ackd()
+    await c.close()  # gone without QUIT
+    await g.idle()
+    left = dovecot.uids("alice")
+    assert sorted(left) == uids
+    assert not any(r"\Deleted" in f for f in left.values())
+
+
+async def test_other_client_expunges_mid_session(dovecot, gate):
+    dovecot.clear("alice")
+    bodies = [f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode() for i in range(3)]
+    uids = [dovecot.append("alice", b) for b in bodies]
+    g = await gate()
+    c = await g.client()
+    assert await c.helo("alice", USERS["alice"]) == 3
+    other = dovecot.imap("alice")
+    other.select("INBOX")
+    other.uid("STORE", str(uids[0]), "+FLAGS.SILENT", r"(\Deleted)")
+    other.expunge()
+    other.logout()
+    assert await c.read(1) == 0  # gone: =0, nothing to send
+    assert await c.read(2) == len(bodies[1])
+    assert await c.retr() == bodies[1]
+    assert await c.ackd() == len(bodies[2])
+    await c.quit()
+    assert sorted(dovecot.uids("alice")) == [uids[2]]
+
+
+class Recorder:
+    """A listener that records every connection made to it."""
+
+    def __init__(self, host: str, port: int = 0):
+        self.sock = socket.create_server((host, port))
+        self.port = self.sock.getsockname()[1]
+        self.hits = 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.hits += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def test_client_named_host_connects_nowhere(dovecot, gate):
+    default = Recorder(HOST)
+    named = []
+    for port in (143, 993):  # where a client-named 127.0.0.3 would be reached
+        try:
+            named.append(Recorder("127.0.0.3", port))
+        except OSError:
+            pass
+    try:
+        g = await gate([{"name": "rec", "type": "imap", "url": f"imap://{HOST}:{default.port}", "tls": "none"},
+                        backend(dovecot)], routing={"default": "rec"})
+        for login in ("otherhost:alice", "127.0.0.3:alice", "127.0.0.3:143:alice", ":alice", "dc2:alice"):
+            c = await g.client()
+            with pytest.raises(Pop2Error, match="^Bad login$"):
+                await c.helo(login, USERS["alice"])
+            await c.close()
+        await asyncio.sleep(0.1)
+        assert default.hits == 0 and all(r.hits == 0 for r in named)
+        c = await g.client()  # a configured alias is allowed
+        assert await c.helo("dc:alice", USERS["alice"]) >= 0
+        await c.quit()
+    finally:
+        default.close()
+        for r in named:
+            r.close()
+
+
+async def test_routing_users_and_master_login(dovecot, gate):
+    dovecot.clear("carol")
+    dovecot.append("carol", b"Subject: c\r\n\r\nfor carol\r\n")
+    dead = Recorder(HOST)
+    try:
+        g = await gate([{"name": "dead", "type": "imap", "url": f"imap://{HOST}:{dead.port}", "tls": "none"},
+                        backend(dovecot)],
+                       routing={"default": "dead", "users": {"carol": "dc"}, "domains": {"example.org": "dead"}})
+        c = await g.client()
+        assert await c.helo(f"carol*{MASTER[0]}", MASTER[1]) == 1
+        assert await c.read(1) == len(b"Subject: c\r\n\r\nfor carol\r\n")
+        await c.quit()
+        assert dead.hits == 0
+    finally:
+        dead.close()
+
+
+async def test_injection_attempts_are_harmless(dovecot, gate):
+    dovecot.clear("alice")
+    dovecot.append("alice", b"Subject: a\r\n\r\nx\r\n")
+    dovecot.append("alice", b"Subject: b\r\n\r\nx\r\n", folder="Archive")
+    g = await gate()
+    for pw in ['x" a1 DELETE INBOX', "x) a1 LOGOUT", "{3}"]:
+        c = await g.client(fresh_source())
+        with pytest.raises(Pop2Error, match="^Bad login$"):
+            await c.helo("alice", pw)
+        await c.close()
+    c = await g.client()
+    assert await c.helo("alice", USERS["alice"]) == 1
+    assert await c.fold('Archive" DELETE "INBOX') == 0
+    assert await c.fold("Archive) (") == 0
+    assert await c.fold("Archive") == 1
+    with pytest.raises((Pop2Error, ConnectionClosed)):
+        await c.fold("{5}")
+    await c.close()
+    assert len(dovecot.uids("alice")) == 1
+    assert len(dovecot.uids("alice", "Archive")) == 1
+
+
+async def test_fold_non_ascii_and_levels(dovecot, gate):
+    name = "Entw\u00fcrfe/2024"
+    dovecot.append("bob", b"Subject: d\r\n\r\ndraft\r\n", folder=encode_mutf7("Entw\u00fcrfe.2024"))
+    g = await gate()
+    c = await g.client()
+    await c.helo("bob", USERS["bob"])
+    assert await c.fold(name) == len(dovecot.uids("bob", encode_mutf7("Entw\u00fcrfe.2024")))
+    assert await c.read(1) > 0
+    await c.quit()
+
+
+@pytest.mark.parametrize("host,tls", [(OTHER_HOST, "implicit"), (OTHER_HOST, "starttls")])
+async def test_certificate_mismatch_refuses_login(dovecot, gate, host, tls):
+    g = await gate([backend(dovecot, tls, host)])
+    c = await g.client()
+    with pytest.raises(Pop2Error) as err:
+        await c.helo("alice", USERS["alice"])
+    assert "127.0.0" not in str(err.value) and "certificate" not in str(err.value)
+    await c.close()
+
+
+async def test_backend_killed_mid_retr(dovecot, gate):
+    dovecot.clear("carol")
+    first = b"Subject: first\r\n\r\nsmall\r\n"
+    uids = [dovecot.append("carol", first), dovecot.append("carol", big_message(20 * 1024 * 1024))]
+    g = await gate(limits={"imap_fetch_chunk": 65536, "imap_fetch_memory": 131072})
+    reader, writer = await asyncio.open_connection(g.host, g.port)
+    await reader.readline()
+    writer.write(f"HELO carol {USERS['carol']}\r\nREAD 1\r\nRETR\r\n".encode())
+    assert (await reader.readline()).startswith(b"#2")
+    assert (await reader.readline()).startswith(b"=")
+    assert await reader.readexactly(len(first)) == first
+    writer.write(b"ACKD\r\n")
+    announced = int((await reader.readline())[1:].split()[0])
+    writer.write(b"RETR\r\n")
+    got = len(await reader.readexactly(100_000))
+    assert dovecot.kill_sessions("carol") == 1
+    rest = await asyncio.wait_for(reader.read(-1), 30)
+    writer.close()
+    assert got + len(rest) < announced  # the session ended short; the client can tell
+    await g.idle()
+    left = dovecot.uids("carol")
+    assert sorted(left) == uids  # the ACKD message is still there
+    assert not any(r"\Deleted" in f for f in left.values())
+
+
+async def test_backend_sees_the_real_client_address(dovecot, gate):
+    g = await gate()
+    source = fresh_source()
+    c = await g.client(source)
+    await c.helo("alice", USERS["alice"])
+    await c.quit()
+    assert any("Login: user=<alice>" in line and f"rip={source}," in line
+               for line in dovecot.log().splitlines())
