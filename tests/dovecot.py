@@ -107,6 +107,12 @@ service imap-login {{
   }}
   process_min_avail = 2
 }}
+# The other address plays a server without UIDPLUS.
+local {other} {{
+  protocol imap {{
+    imap_capability = IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE IDLE
+  }}
+}}
 service anvil {{
   chroot =
 }}

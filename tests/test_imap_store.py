@@ -281,3 +281,26 @@ async def test_backend_killed_mid_fetch(dovecot):
         await s.aclose()
     assert list(dovecot.uids("carol")) == [uid]
 
+
+
+@pytest.mark.parametrize("expunge", [False, True])
+async def test_release_without_uidplus(dovecot, expunge):
+    # Dovecot on the other loopback address advertises no UIDPLUS.
+    dovecot.clear("alice")
+    uids = [dovecot.append("alice", f"Subject: m{i}\r\n\r\nx\r\n".encode()) for i in range(3)]
+    theirs = dovecot.append("alice", b"Subject: theirs\r\n\r\nx\r\n", flags=r"\Deleted")
+    s = make_store(dovecot, host=OTHER_HOST, limits=Limits(expunge_without_uidplus=expunge))
+    try:
+        box = await s.login("alice", USERS["alice"], PEER)
+        assert "UIDPLUS" not in box.conn.capabilities
+        refs = await box.select("INBOX")
+        await box.release([refs[0]])
+        await box.close()
+    finally:
+        await s.aclose()
+    left = dovecot.uids("alice")
+    if expunge:  # plain EXPUNGE: also what another client flagged
+        assert sorted(left) == uids[1:]
+    else:  # flagged only; nothing removed
+        assert sorted(left) == uids + [theirs]
+        assert r"\Deleted" in left[uids[0]] and r"\Deleted" not in left[uids[1]]

@@ -31,6 +31,25 @@ class ConnError(Exception):
     """The backend failed; the text is for the log and holds no secrets."""
 
 
+class _Bounded:
+    """Refuses a literal longer than `max_literal` instead of reading it into memory."""
+
+    max_literal = 1 << 20
+
+    def read(self, size: int) -> bytes:
+        if size > self.max_literal:
+            raise imaplib.IMAP4.abort(f"literal of {size} octets is over the limit")
+        return super().read(size)
+
+
+class _IMAP4(_Bounded, imaplib.IMAP4):
+    pass
+
+
+class _IMAP4_SSL(_Bounded, imaplib.IMAP4_SSL):
+    pass
+
+
 @dataclass(frozen=True)
 class Target:
     """Where and how to connect."""
@@ -41,6 +60,7 @@ class Target:
     ssl_context: ssl.SSLContext | None
     connect_timeout: float
     command_timeout: float
+    max_literal: int = 1 << 20
 
 
 def _reason(err: BaseException) -> str:
@@ -59,12 +79,13 @@ def connect(target: Target, peer: tuple[str, int] | None) -> "ImapConn":
     """Connect, secure the connection as configured, and announce the client (ID)."""
     try:
         if target.tls == "implicit":
-            imap = imaplib.IMAP4_SSL(target.host, target.port, ssl_context=target.ssl_context,
-                                     timeout=target.connect_timeout)
+            imap = _IMAP4_SSL(target.host, target.port, ssl_context=target.ssl_context,
+                              timeout=target.connect_timeout)
         else:
-            imap = imaplib.IMAP4(target.host, target.port, timeout=target.connect_timeout)
+            imap = _IMAP4(target.host, target.port, timeout=target.connect_timeout)
     except _FAILURES as err:
         raise ConnError(f"connect {target.host}:{target.port}: {_reason(err)}") from None
+    imap.max_literal = target.max_literal
     conn = ImapConn(imap)
     try:
         if target.tls == "starttls":
@@ -114,6 +135,9 @@ class ImapConn:
         imap = self._imap
         imap.untagged_responses = {}
         typ, dat = imap._simple_command(*args)
+        if "UIDVALIDITY" in imap.untagged_responses:
+            # UIDs no longer name the messages they named at SELECT.
+            raise ConnError("UIDVALIDITY changed during the session")
         text = dat[-1] if dat and isinstance(dat[-1], bytes) else b""
         return typ, text, imap.untagged_responses.pop("FETCH", [])
 
@@ -136,7 +160,10 @@ class ImapConn:
 
     def login(self, authz: str, authc: str, password: str) -> bool:
         """True when the backend accepted the credentials, False when it refused."""
-        return self._guarded("login", lambda: self._login(authz, authc, password))
+        try:
+            return self._guarded("login", lambda: self._login(authz, authc, password))
+        finally:
+            self.forget_commands()
 
     def _login(self, authz: str, authc: str, password: str) -> bool:
         imap = self._imap
@@ -156,6 +183,10 @@ class ImapConn:
         imap.state = "AUTH"
         imap._get_capabilities()
         return True
+
+    def forget_commands(self) -> None:
+        """Drop imaplib's in-memory record of recent commands (it holds the LOGIN line)."""
+        getattr(self._imap, "_cmd_log", {}).clear()
 
     def _auth_plain(self, authz: str, authc: str, password: str) -> None:
         payload = [f"{authz}\0{authc}\0{password}".encode("utf-8")]

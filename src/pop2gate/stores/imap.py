@@ -86,6 +86,7 @@ class ImapStore:
             ssl_context=_ssl_context(backend),
             connect_timeout=backend.timeout or limits.imap_connect_timeout,
             command_timeout=backend.timeout or limits.imap_command_timeout,
+            max_literal=limits.imap_fetch_chunk,
         )
         self.budget = ByteBudget(limits.imap_fetch_memory)
         self._pool = ThreadPoolExecutor(max_workers=limits.imap_max_workers,
