@@ -104,6 +104,25 @@ def connect(target: Target, peer: tuple[str, int] | None) -> "ImapConn":
     return conn
 
 
+def open_session(target: Target, peer: tuple[str, int] | None,
+                 authz: str, authc: str, password: str) -> "ImapConn | None":
+    """Connect and log in, in one go: None when the backend refused the credentials.
+
+    One call, so a worker thread never leaves a half-open connection waiting
+    for another worker (a backend that queues logins would deadlock the pool).
+    """
+    conn = connect(target, peer)
+    try:
+        ok = conn.login(authz, authc, password)
+    except BaseException:
+        conn.abort()
+        raise
+    if not ok:
+        conn.logout()
+        return None
+    return conn
+
+
 class ImapConn:
     """A connected imaplib client, used through the methods below only."""
 

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from ..config import ImapBackend, Limits
 from ..folders import SEPARATOR, InvalidFolderName, check_folder_name, encode_mutf7, is_inbox
-from ..imapconn import ConnError, ImapConn, Target, connect
+from ..imapconn import ConnError, ImapConn, Target, open_session
 from .base import MessageRef, Peer, StoreError
 
 log = logging.getLogger("pop2gate.imap")
@@ -91,6 +91,7 @@ class ImapStore:
         self.budget = ByteBudget(limits.imap_fetch_memory)
         self._pool = ThreadPoolExecutor(max_workers=limits.imap_max_workers,
                                         thread_name_prefix=f"imap-{backend.name}")
+        self._login_slots = asyncio.Semaphore(max(1, limits.imap_max_workers // 2))
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -99,23 +100,18 @@ class ImapStore:
         ids = split_master(user)
         if ids is None:
             return None
-        try:
-            conn = await self.run(connect, self.target, (peer.host, peer.port))
-        except ConnError as err:
-            log.warning("backend %s: %s", self.name, err)
-            raise StoreError(UNAVAILABLE) from None
-        try:
-            ok = await self.run(conn.login, ids[0], ids[1], password)
-        except ConnError as err:
-            log.warning("backend %s: user %r: %s", self.name, user, err)
-            await self.run(conn.abort)
-            raise StoreError(UNAVAILABLE) from None
-        except BaseException:
-            conn.abort()
-            raise
-        if not ok:
+        # Logins may wait on the backend (its login processes, its penalty for
+        # failures); they get at most half the workers, so sessions already
+        # logged in always have threads to finish and free the backend's slots.
+        async with self._login_slots:
+            try:
+                conn = await self.run(open_session, self.target, (peer.host, peer.port),
+                                      ids[0], ids[1], password)
+            except ConnError as err:
+                log.warning("backend %s: user %r: %s", self.name, user, err)
+                raise StoreError(UNAVAILABLE) from None
+        if conn is None:
             log.info("backend %s: login refused for %r", self.name, user)
-            await self.run(conn.logout)
             return None
         return ImapMailbox(self, conn, user)
 
