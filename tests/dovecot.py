@@ -177,13 +177,13 @@ class Dovecot:
                 self.proc.wait()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def kill_sessions(self, user: str) -> int:
-        """SIGKILL this instance's imap processes serving `user`; how many."""
+    def kill_sessions(self, user: str, sig: int = signal.SIGKILL) -> int:
+        """Signal (default: SIGKILL) this instance's imap processes serving `user`; how many."""
         out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
         mark = f"{self.instance}/imap [{user} "
         pids = [int(line.split()[0]) for line in out.splitlines() if mark in line]
         for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
         return len(pids)
 
     # Test-side IMAP access, straight to Dovecot.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 import socket
 import threading
 
@@ -305,3 +306,45 @@ async def test_backend_sees_the_real_client_address(dovecot, gate):
     await c.quit()
     assert any("Login: user=<alice>" in line and f"rip={source}," in line
                for line in dovecot.log().splitlines())
+
+
+async def test_backend_timeout_at_quit_deletes_nothing(dovecot, gate):
+    dovecot.clear("carol")
+    uids = [dovecot.append("carol", f"Subject: {i}\r\n\r\nbody\r\n".encode()) for i in range(2)]
+    b = backend(dovecot)
+    b["timeout"] = 1
+    g = await gate([b])
+    c = await g.client()
+    assert await c.helo("carol", USERS["carol"]) == 2
+    await c.read(1)
+    await c.retr()
+    await c.ackd()
+    assert dovecot.kill_sessions("carol", signal.SIGSTOP) == 1  # the backend hangs
+    try:
+        with pytest.raises(Pop2Error, match="^Mail server error"):
+            await c.quit()
+    finally:
+        dovecot.kill_sessions("carol", signal.SIGKILL)
+        dovecot.kill_sessions("carol", signal.SIGCONT)
+    await g.idle()
+    left = dovecot.uids("carol")
+    assert sorted(left) == uids
+    assert not any(r"\Deleted" in f for f in left.values())
+
+
+async def test_many_sessions_share_few_workers(dovecot, gate):
+    dovecot.clear("bob")
+    body = b"Subject: shared\r\n\r\nhello\r\n"
+    dovecot.append("bob", body)
+    g = await gate(limits={"imap_max_workers": 4, "max_connections": 100})
+
+    async def one():
+        c = await g.client()
+        assert await c.helo("bob", USERS["bob"]) == 1
+        assert await c.read(1) == len(body)
+        assert await c.retr() == body
+        await c.acks()
+        await c.quit()
+
+    await asyncio.gather(*(one() for _ in range(60)))
+    assert len(dovecot.uids("bob")) == 1
