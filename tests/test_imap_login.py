@@ -12,6 +12,8 @@ import threading
 
 import pytest
 
+import logging
+
 from pop2gate.config import ImapBackend, Limits
 from pop2gate.stores.base import Peer, StoreError
 from pop2gate.stores.imap import ImapStore
@@ -22,9 +24,11 @@ LITERAL = re.compile(rb"\{(\d+)(\+?)\}$")
 class ScriptedImap:
     """Accepts connections on loopback; records each command with its literals."""
 
-    def __init__(self, caps: str = "IMAP4rev1 LITERAL+ ID", login_ok: bool = False):
+    def __init__(self, caps: str = "IMAP4rev1 LITERAL+ ID", login_ok: bool = False,
+                 body: bytes = b"", claimed: int = 0):
         self.caps = caps
         self.login_ok = login_ok
+        self.body, self.claimed = body, claimed  # one message, UID 7, and the size we claim
         self.commands: list[bytes] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -68,11 +72,26 @@ class ScriptedImap:
                     conn.sendall(tag + b" OK logged in\r\n")
                 elif verb == b"LOGIN":
                     conn.sendall(tag + b" NO [AUTHENTICATIONFAILED] nope\r\n")
+                elif verb in (b"SELECT", b"LIST", b"UID"):
+                    conn.sendall(self._mailbox(verb, rest.rstrip(b"\r\n")) + tag + b" OK done\r\n")
                 elif verb == b"LOGOUT":
                     conn.sendall(b"* BYE bye\r\n" + tag + b" OK done\r\n")
                     return
                 else:
                     conn.sendall(tag + b" BAD unexpected\r\n")
+
+    def _mailbox(self, verb: bytes, rest: bytes) -> bytes:
+        if verb == b"SELECT":
+            return b"* 1 EXISTS\r\n* OK [UIDVALIDITY 1] ok\r\n"
+        if verb == b"LIST":
+            return b'* LIST (\\Noselect) "/" ""\r\n'
+        if b"RFC822.SIZE" in rest:
+            return b"* 1 FETCH (UID 7 RFC822.SIZE %d FLAGS ())\r\n" % self.claimed
+        m = re.search(rb"BODY\.PEEK\[\](?:<(\d+)\.(\d+)>)?", rest)
+        start = int(m.group(1) or 0)
+        part = self.body[start:start + int(m.group(2))] if m.group(1) else self.body
+        origin = b"<%d>" % start if m.group(1) else b""
+        return b"* 1 FETCH (UID 7 BODY[]%s {%d}\r\n%s)\r\n" % (origin, len(part), part)
 
     def sent(self, verb: bytes) -> list[bytes]:
         return [c.split(b" ", 1)[1] for c in self.commands if c.split(b" ", 2)[1].upper() == verb]
@@ -85,10 +104,10 @@ class ScriptedImap:
 async def scripted():
     made = []
 
-    async def make(**kw):
+    async def make(limits: Limits | None = None, **kw):
         server = ScriptedImap(**kw)
         store = ImapStore(ImapBackend(name="s", type="imap", url=f"imap://127.0.0.1:{server.port}",
-                                      tls="none", timeout=5), Limits())
+                                      tls="none", timeout=5), limits or Limits())
         made.append((server, store))
         return server, store
 
@@ -149,3 +168,37 @@ async def test_starttls_required_when_configured(scripted):
         assert server.sent(b"LOGIN") == []
     finally:
         await store.aclose()
+
+
+BODY = b"Subject: x\r\n\r\n" + b"0123456789" * 1000 + b"\r\n"
+
+
+@pytest.mark.parametrize("chunk", [4096, 1 << 20])  # partial fetches, and one whole fetch
+@pytest.mark.parametrize("claimed", [len(BODY) - 100, len(BODY) + 100])
+async def test_size_that_does_not_add_up_ends_the_transfer(scripted, caplog, chunk, claimed):
+    limits = Limits(imap_fetch_chunk=chunk, imap_fetch_memory=1 << 20)
+    _, store = await scripted(limits=limits, login_ok=True, caps="IMAP4rev1", body=BODY, claimed=claimed)
+    box = await store.login("alice", "pw", Peer("127.0.0.9", 1))
+    [ref] = await box.select("INBOX")
+    announced = await box.wire_size(ref)
+    sent = 0
+    caplog.set_level(logging.WARNING, logger="pop2gate.imap")
+    with pytest.raises(StoreError):
+        async for piece in box.fetch(ref):
+            sent += len(piece)
+    assert sent <= announced  # never more than announced, and the caller sees the error
+    assert any(f"announced {claimed} octets" in r.getMessage() for r in caplog.records)
+    await box.close()
+
+
+async def test_honest_sizes_stream_whole(scripted):
+    limits = Limits(imap_fetch_chunk=4096, imap_fetch_memory=8192)
+    _, store = await scripted(limits=limits, login_ok=True, caps="IMAP4rev1", body=BODY[:-2], claimed=len(BODY) - 2)
+    box = await store.login("alice", "pw", Peer("127.0.0.9", 1))
+    [ref] = await box.select("INBOX")
+    assert await box.wire_size(ref) == len(BODY)
+    out = b""
+    async for piece in box.fetch(ref):
+        out += piece
+    assert out == BODY
+    await box.close()
