@@ -60,6 +60,7 @@ class Limits(_Model):
     bad_login_delay: float = Field(3, ge=0)
     max_connections: int = Field(200, gt=0)
     close_linger: float = Field(2, ge=0)
+    password_hash_workers: int = Field(2, ge=1, le=64)
     retr_chunk_size: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
 
 
