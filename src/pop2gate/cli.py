@@ -69,12 +69,14 @@ def demo(directory: Path | None, log_level: str) -> None:
     host, port = DEMO_ADDRESS
     setup_logging(log_level)
 
+    prog = sys.argv[0] if Path(sys.argv[0]).name == "pop2gate" else "pop2gate"
+
     def ready(_servers) -> None:
         click.echo(
             f"pop2gate demo: serving {directory / 'mail'} on {host}:{port} (user demo, password demo)\n"
             f"Connect by hand:     telnet {host} {port}\n"
             f"  then type:         HELO demo demo, READ, RETR, ACKS (keep) or ACKD (delete), QUIT\n"
-            f"Or with the client:  echo demo | pop2gate fetch --host {host} --port {port} --user demo --list\n"
+            f"Or with the client:  echo demo | {prog} fetch --host {host} --port {port} --user demo --list\n"
             f"Stop with Ctrl-C.",
         )
 

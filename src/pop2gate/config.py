@@ -60,8 +60,12 @@ class Limits(_Model):
     login_timeout: float = Field(180, gt=0)
     idle_timeout: float = Field(1800, gt=0)
     bad_login_delay: float = Field(3, ge=0)
+    bad_login_max_delay: float = Field(30, ge=0)
+    login_failure_window: float = Field(600, gt=0)
     max_connections: int = Field(200, gt=0)
+    max_connections_per_address: int = Field(20, gt=0)
     close_linger: float = Field(2, ge=0)
+    password_hash_workers: int = Field(2, ge=1, le=64)
     retr_chunk_size: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     # IMAP backends (docs/imap.md).
     imap_connect_timeout: float = Field(30, gt=0)

@@ -12,7 +12,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]{0,63}")
-_hasher = PasswordHasher()
+# argon2id at the OWASP-recommended minimum (19 MiB, 2 passes, 1 lane): each
+# verification holds that much memory, so the store also bounds how many run at once.
+_hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
 
 
 def valid_user_name(name: str) -> bool:

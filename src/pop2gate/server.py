@@ -16,6 +16,7 @@ from .routing import Router
 from .session import Session, SessionSettings
 from .stores import open_store
 from .stores.base import MailStore, Peer
+from .throttle import Throttle
 
 log = logging.getLogger("pop2gate.server")
 
@@ -34,25 +35,34 @@ class Gateway:
             uw_compat=config.server.uw_compat,
         )
         self.active = 0
+        self.throttle = Throttle(config.limits)
         self.sessions: set[asyncio.Task] = set()
 
+    async def _refuse(self, writer: asyncio.StreamWriter, peer: Peer, why: str) -> None:
+        log.warning("refused peer=%s:%s: %s", peer.host, peer.port, why)
+        writer.write(ServerProtocol().reply_error("too_many"))
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.drain(), 5)
+        writer.close()
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
-        if self.active >= self.config.limits.max_connections:
-            log.warning("refused peer=%s:%s: max_connections=%d reached", peer.host, peer.port, self.active)
-            writer.write(ServerProtocol().reply_error("too_many"))
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.drain(), 5)
-            writer.close()
-            return
+        limits = self.config.limits
+        if self.active >= limits.max_connections:
+            return await self._refuse(writer, peer, f"max_connections={limits.max_connections} reached")
+        if not self.throttle.admit(peer.host):
+            return await self._refuse(
+                writer, peer, f"max_connections_per_address={limits.max_connections_per_address} reached"
+            )
         self.active += 1
         task = asyncio.current_task()
         self.sessions.add(task)
         try:
-            await Session(reader, writer, peer, self.settings, self.router).run()
+            await Session(reader, writer, peer, self.settings, self.router, self.throttle).run()
         except asyncio.CancelledError:
             log.info("session ended by shutdown peer=%s:%s", peer.host, peer.port)
         finally:
             self.active -= 1
+            self.throttle.release(peer.host)
             self.sessions.discard(task)
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

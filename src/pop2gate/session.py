@@ -28,6 +28,7 @@ from .protocol import (
 )
 from .routing import Router
 from .stores.base import Mailbox, MessageRef, Peer, StoreError
+from .throttle import Throttle
 
 log = logging.getLogger("pop2gate.session")
 
@@ -60,6 +61,7 @@ class Session:
         peer: Peer,
         settings: SessionSettings,
         router: Router,
+        throttle: Throttle,
     ):
         self.reader = reader
         self.writer = writer
@@ -67,6 +69,7 @@ class Session:
         self.settings = settings
         self.limits = settings.limits
         self.router = router
+        self.throttle = throttle
         self.proto = ServerProtocol()
         self.mailbox: Mailbox | None = None
         self.user = ""
@@ -205,9 +208,11 @@ class Session:
         if route is not None:
             mailbox = await self._store_call(route.store.login(route.user, event.password, self.peer))
         if mailbox is None:
-            log.warning("bad login %s", self.tag)
-            await asyncio.sleep(self.limits.bad_login_delay)
+            delay = self.throttle.failure_delay(self.peer.host)
+            log.warning("bad login %s delay=%gs", self.tag, delay)
+            await asyncio.sleep(delay)
             raise _Close(self.proto.reply_error("bad_login"))
+        self.throttle.succeeded(self.peer.host)
         self.mailbox = mailbox
         log.info("login %s backend=%s", self.tag, route.store.name)
         await self._select("INBOX")

@@ -12,6 +12,7 @@ import logging
 import os
 import stat
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..config import Limits, MaildirBackend
@@ -57,10 +58,12 @@ class MaildirStore:
         self.root = backend.path
         self.users_file = backend.users_file
         self.chunk_size = limits.retr_chunk_size
+        self._hashing = ThreadPoolExecutor(limits.password_hash_workers, thread_name_prefix="argon2")
 
     async def login(self, user: str, password: str, peer: Peer) -> Mailbox | None:
         users = await asyncio.to_thread(read_users, self.users_file)
-        ok = await asyncio.to_thread(verify, users, user, password)
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(self._hashing, verify, users, user, password)
         if not ok or not valid_user_name(user):
             return None
         home = self.root / user
@@ -71,7 +74,7 @@ class MaildirStore:
         return MaildirMailbox(home, self.chunk_size)
 
     async def aclose(self) -> None:
-        return None
+        self._hashing.shutdown(wait=False, cancel_futures=True)
 
 
 class MaildirMailbox:
@@ -183,11 +186,11 @@ class MaildirMailbox:
                     chunk = await asyncio.to_thread(f.read, self.chunk_size)
                 except OSError as err:
                     raise StoreError(f"cannot read message {msg.id}: {err.strerror}") from None
-                if not chunk:
-                    break
                 out = enc.feed(chunk)
                 if out:
                     yield out
+                if len(chunk) < self.chunk_size:  # a short read of a regular file is its end
+                    break
         tail = enc.finish()
         if tail:
             yield tail
