@@ -336,7 +336,7 @@ async def test_many_sessions_share_few_workers(dovecot, gate):
     dovecot.clear("bob")
     body = b"Subject: shared\r\n\r\nhello\r\n"
     dovecot.append("bob", body)
-    g = await gate(limits={"imap_max_workers": 4, "max_connections": 100})
+    g = await gate(limits={"imap_max_workers": 4, "max_connections": 100, "max_connections_per_address": 100})
 
     async def one():
         c = await g.client()
