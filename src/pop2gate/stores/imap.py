@@ -255,7 +255,8 @@ class ImapMailbox:
         else:
             log.warning("backend %s: user %r: no UIDPLUS; %d messages in %s flagged \\Deleted, not expunged",
                         self.store.name, self.user, len(uids), folder)
-        log.info("backend %s: user %r: deleted %d messages from %s",
+            return
+        log.info("backend %s: user %r: expunged %d messages from %s",
                  self.store.name, self.user, len(uids), folder)
 
     async def close(self) -> None:
