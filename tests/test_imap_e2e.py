@@ -232,6 +232,7 @@ async def test_routing_users_and_master_login(dovecot, gate):
 
 async def test_injection_attempts_are_harmless(dovecot, gate):
     dovecot.clear("alice")
+    dovecot.clear("alice", "Archive")
     dovecot.append("alice", b"Subject: a\r\n\r\nx\r\n")
     dovecot.append("alice", b"Subject: b\r\n\r\nx\r\n", folder="Archive")
     g = await gate()

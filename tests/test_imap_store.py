@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import signal
 import socket
 import time
 
@@ -304,3 +306,16 @@ async def test_release_without_uidplus(dovecot, expunge):
     else:  # flagged only; nothing removed
         assert sorted(left) == uids + [theirs]
         assert r"\Deleted" in left[uids[0]] and r"\Deleted" not in left[uids[1]]
+
+
+async def test_bye_mid_session_is_a_store_error(dovecot, store):
+    dovecot.clear("carol")
+    uid = dovecot.append("carol", b"Subject: x\r\n\r\nx\r\n")
+    box = await store.login("carol", USERS["carol"], PEER)
+    refs = await box.select("INBOX")
+    assert dovecot.kill_sessions("carol", signal.SIGTERM) == 1  # Dovecot says BYE and goes
+    await asyncio.sleep(0.2)
+    with pytest.raises(StoreError):
+        await box.release(refs)
+    await box.close()
+    assert list(dovecot.uids("carol")) == [uid]
