@@ -95,7 +95,7 @@ async def test_large_message_in_bounded_pieces(dovecot):
             got += piece
         assert time.monotonic() - t < 20
         assert bytes(got) == data + b"\r\n"
-        assert biggest <= limits.imap_fetch_chunk
+        assert biggest <= limits.retr_chunk_size
         assert s.budget.used == 0
         await box.close()
     finally:

@@ -195,6 +195,7 @@ class ImapMailbox:
             raise StoreError("No such message")
         size = self.sizes[uid]
         chunk = self.store.limits.imap_fetch_chunk
+        piece = self.store.limits.retr_chunk_size  # what the session writes at a time
         budget = self.store.budget
         whole = size <= chunk
         offset, tail = 0, b""
@@ -212,7 +213,8 @@ class ImapMailbox:
                     self._mismatch(uid, size, offset, data)
                 tail = (tail + data[-2:])[-2:]
                 offset += len(data)
-                yield data
+                for i in range(0, len(data), piece):
+                    yield data[i : i + piece]
                 del data
             finally:
                 budget.release(hold)
