@@ -141,3 +141,20 @@ def test_list_delimiter():
     assert list_delimiter(b'(\\Noselect) "." ""') == "."
     assert list_delimiter(b'(\\Noselect) "/" ""') == "/"
     assert list_delimiter(b'(\\Noselect) NIL ""') is None
+
+
+def test_docs_examples_parse():
+    """The TOML examples in docs/imap.md are valid configurations."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "imap.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    assert blocks
+    example = tomllib.loads(blocks[0])
+    config = parse_config(example)
+    assert config.backend[0].tls_mode() == "implicit" and config.backend[0].address()[2] == 993
+    routing = tomllib.loads(blocks[1])["routing"]
+    names = {"mail", "org-mail", "exec-mail"}
+    parse_config({"backend": [imap(n) for n in sorted(names)], "routing": routing})
