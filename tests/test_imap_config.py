@@ -158,3 +158,14 @@ def test_docs_examples_parse():
     routing = tomllib.loads(blocks[1])["routing"]
     names = {"mail", "org-mail", "exec-mail"}
     parse_config({"backend": [imap(n) for n in sorted(names)], "routing": routing})
+
+
+def test_fetch_reader_refuses_garbage():
+    from pop2gate.imapwire import ParseError
+
+    with pytest.raises(ParseError):
+        fetch_by_uid([b'1 (UID 5 BODY[] "unterminated)'])
+    with pytest.raises(ParseError):
+        fetch_by_uid([b"1 (UID 5 RFC822.SIZE)"])  # an item without a value
+    got = fetch_by_uid([b'1 (UID 5 BODY[HEADER.FIELDS (FROM TO)]<0> "x")'])
+    assert got[5]["BODY[HEADER.FIELDS (FROM TO)]"] == b"x"

@@ -7,6 +7,7 @@ messages may arrive in the middle of a command.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 
 _QUOTABLE = frozenset(range(0x20, 0x7F))
@@ -90,40 +91,32 @@ def _tokens(parts: list) -> Iterator[object]:
         yield from _scan(part)
 
 
+_TOKEN = re.compile(
+    rb"""\s*(?:
+        (?P<paren>[()])
+      | "(?P<quoted>(?:[^"\\]|\\.)*)"
+      | (?P<atom>[^\s()"\[\]]+(?:\[[^\]]*\](?:<[0-9]+>)?)?)
+    )""",
+    re.X,
+)
+_UNQUOTE = re.compile(rb"\\(.)")
+
+
 def _scan(text: bytes) -> Iterator[object]:
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i : i + 1]
-        if c == b" ":
-            i += 1
-        elif c in (b"(", b")"):
-            yield c
-            i += 1
-        elif c == b'"':
-            i += 1
-            out = bytearray()
-            while i < n and text[i : i + 1] != b'"':
-                if text[i : i + 1] == b"\\":
-                    i += 1
-                out += text[i : i + 1]
-                i += 1
-            if i >= n:
-                raise ParseError("unterminated quoted string")
-            i += 1
-            yield bytes(out)
+    pos = 0
+    for m in _TOKEN.finditer(text):
+        if m.start() != pos:
+            break
+        pos = m.end()
+        kind = m.lastgroup
+        if kind == "paren":
+            yield m.group(kind)
+        elif kind == "quoted":
+            yield _UNQUOTE.sub(rb"\1", m.group(kind))
         else:
-            j, depth = i, 0
-            while j < n:
-                ch = text[j : j + 1]
-                if ch == b"[":
-                    depth += 1
-                elif ch == b"]":
-                    depth -= 1
-                elif depth <= 0 and ch in (b" ", b"(", b")"):
-                    break
-                j += 1
-            yield _Atom(text[i:j].decode("ascii", "replace"))
-            i = j
+            yield _Atom(m.group(kind).decode("ascii", "replace"))
+    if text[pos:].strip():
+        raise ParseError("unreadable response text")
 
 
 class _Atom(str):
