@@ -64,6 +64,7 @@ class Limits(_Model):
     login_failure_window: float = Field(600, gt=0)
     max_connections: int = Field(200, gt=0)
     max_connections_per_address: int = Field(20, gt=0)
+    listen_backlog: int = Field(1024, ge=1, le=65535)
     close_linger: float = Field(2, ge=0)
     password_hash_workers: int = Field(2, ge=1, le=64)
     retr_chunk_size: int = Field(65536, ge=1024, le=16 * 1024 * 1024)

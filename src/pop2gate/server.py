@@ -72,7 +72,10 @@ class Gateway:
     async def start(self) -> list[asyncio.Server]:
         servers = []
         for host, port in self.config.server.addresses():
-            server = await asyncio.start_server(self._on_connect, host, port, limit=MAX_LINE, reuse_address=True)
+            server = await asyncio.start_server(
+                self._on_connect, host, port, limit=MAX_LINE, reuse_address=True,
+                backlog=self.config.limits.listen_backlog,
+            )
             for sock in server.sockets:
                 log.info("listening on %s", sock.getsockname()[:2])
             servers.append(server)
