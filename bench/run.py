@@ -57,7 +57,7 @@ class Server:
         cfg = root / "bench.toml"
         cfg.write_text(
             f'[server]\nhostname = "bench"\nlisten = ["127.0.0.1:{self.port}"]\n'
-            f"[limits]\nretr_chunk_size = {chunk}\nmax_connections = 1000\n"
+            f"[limits]\nretr_chunk_size = {chunk}\nmax_connections = 1000\nmax_connections_per_address = 1000\n"
             f'[[backend]]\nname = "m"\ntype = "maildir"\npath = "{mail}"\nusers_file = "{users_file}"\n'
             '[routing]\ndefault = "m"\n'
         )

@@ -441,3 +441,17 @@ async def test_uw_compat_blank_line_split_across_chunks():
 
         out = b"".join([c async for c in add_status(chunks(), seen=False)])
         assert out == expected, size
+
+
+async def test_burst_of_connections_all_greeted(make_server):
+    """300 clients connecting at once are all queued and greeted (listen_backlog)."""
+    srv = await make_server(limits={"max_connections": 1000, "max_connections_per_address": 1000})
+
+    async def one():
+        reader, writer = await asyncio.wait_for(srv.open(), 30)
+        line = await read_line(reader, 30)
+        writer.close()
+        return line
+
+    lines = await asyncio.gather(*(one() for _ in range(300)))
+    assert all(line == GREETING for line in lines)
