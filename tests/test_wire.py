@@ -455,3 +455,51 @@ async def test_burst_of_connections_all_greeted(make_server):
 
     lines = await asyncio.gather(*(one() for _ in range(300)))
     assert all(line == GREETING for line in lines)
+
+
+# -- known clients (POP2.md "Known clients"), as transcripts ----------------------
+
+
+async def test_fetchmail_style_session(server, env, three):
+    """HELO with a raw password (spaces), FOLD, READ n / RETR / ACKD each, QUIT."""
+    env.deliver("alice", MSG1, folder="Work")
+    reader, writer = await session(server, f"HELO alice {PASSWORD}\r\n".encode())
+    assert await read_line(reader) == b"#3 messages in INBOX\r\n"
+    writer.write(b"FOLD Work\r\n")
+    assert await read_line(reader) == b"#1 message in Work\r\n"
+    writer.write(b"READ 1\r\n")
+    line = await read_line(reader)
+    count = int(line[1:].split()[0])
+    writer.write(b"RETR\r\n")
+    assert await asyncio.wait_for(reader.readexactly(count), 5) == crlf(MSG1)
+    writer.write(b"ACKD\r\nQUIT\r\n")
+    assert await expect_closed(reader) == b"=0 no message 2\r\n+ OK\r\n"
+    assert env.files("alice", "Work") == []
+    assert env.files("alice") == sorted(three)
+
+
+async def test_jnos_style_loop_until_zero(server, env, three):
+    """The greeting starts with '+ POP2 '; READ without argument, RETR, ACKD until =0."""
+    reader, writer = await session(server, HELO)
+    assert (await read_line(reader)).startswith(b"#3 ")
+    writer.write(b"READ\r\n")
+    line = await read_line(reader)
+    got = 0
+    while not line.startswith(b"=0"):
+        count = int(line[1:].split()[0])
+        writer.write(b"RETR\r\n")
+        await asyncio.wait_for(reader.readexactly(count), 5)
+        writer.write(b"ACKD\r\n")
+        line = await read_line(reader)
+        got += 1
+    writer.write(b"QUIT\r\n")
+    assert await expect_closed(reader) == b"+ OK\r\n"
+    assert got == 3 and env.files("alice") == []
+
+
+def test_default_hostname_is_the_machines_name():
+    import socket
+
+    from pop2gate.config import ServerSettings
+
+    assert ServerSettings().hostname == socket.gethostname()
