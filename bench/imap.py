@@ -12,17 +12,13 @@ import asyncio
 import imaplib
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from dovecot import HOST, USERS, Dovecot  # noqa: E402
 
-from run import BIN, Null, drain_async, free_port, message, peak_rss_mb, timed  # noqa: E402
+from run import Null, Serve, message, timed  # noqa: E402
 
 from pop2gate.client import Client  # noqa: E402
 
@@ -57,31 +53,11 @@ def direct_imap(user: str, port: int) -> int:
     return total
 
 
-class Gateway:
-    def __init__(self, root: Path, dc: Dovecot):
-        self.port = free_port()
-        cfg = root / "imap-bench.toml"
-        cfg.write_text(
-            f'[server]\nhostname = "bench"\nlisten = ["127.0.0.1:{self.port}"]\n'
-            "[limits]\nmax_connections = 1000\nmax_connections_per_address = 1000\n"
-            f'[[backend]]\nname = "dc"\ntype = "imap"\nurl = "imap://{HOST}:{dc.port}"\ntls = "none"\n'
-            '[routing]\ndefault = "dc"\n'
-        )
-        self.proc = subprocess.Popen([str(BIN / "pop2gate"), "serve", "-c", str(cfg), "--log-level", "warning"])
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise SystemExit("gateway did not start")
+class Gateway(Serve):
+    """Over an IMAP backend: the private Dovecot, plain IMAP on loopback."""
 
-    def stop(self) -> float:
-        rss = peak_rss_mb(self.proc.pid)
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(20)
-        return rss
+    def __init__(self, root: Path, dc: Dovecot):
+        super().__init__(root, f'[[backend]]\nname = "b"\ntype = "imap"\nurl = "imap://{HOST}:{dc.port}"\ntls = "none"\n')
 
 
 def drain(port: int, user: str) -> int:

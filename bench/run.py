@@ -46,22 +46,17 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-class Server:
-    """`pop2gate serve` in a subprocess over a Maildir with `users` users."""
+class Serve:
+    """`pop2gate serve` in a subprocess on a free loopback port; `backend` is TOML text."""
 
-    def __init__(self, root: Path, users: list[str], chunk: int):
+    def __init__(self, root: Path, backend: str, limits: str = ""):
         self.port = free_port()
-        mail, users_file = root / "mail", root / "users"
-        for u in users:
-            set_password(users_file, u, "pw")
         cfg = root / "bench.toml"
         cfg.write_text(
             f'[server]\nhostname = "bench"\nlisten = ["127.0.0.1:{self.port}"]\n'
-            f"[limits]\nretr_chunk_size = {chunk}\nmax_connections = 1000\nmax_connections_per_address = 1000\n"
-            f'[[backend]]\nname = "m"\ntype = "maildir"\npath = "{mail}"\nusers_file = "{users_file}"\n'
-            '[routing]\ndefault = "m"\n'
+            f"[limits]\nmax_connections = 1000\nmax_connections_per_address = 1000\n{limits}"
+            f'{backend}[routing]\ndefault = "b"\n'
         )
-        self.mail = mail
         self.proc = subprocess.Popen([str(BIN / "pop2gate"), "serve", "-c", str(cfg), "--log-level", "warning"])
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -70,13 +65,27 @@ class Server:
                 return
             except OSError:
                 time.sleep(0.05)
+        self.proc.kill()
         raise SystemExit("server did not start")
 
     def stop(self) -> float:
+        """Stop it; return its peak RSS in MB."""
         rss = peak_rss_mb(self.proc.pid)
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(20)
         return rss
+
+
+class Server(Serve):
+    """Over a Maildir store with `users` users (password "pw")."""
+
+    def __init__(self, root: Path, users: list[str], chunk: int):
+        self.mail, users_file = root / "mail", root / "users"
+        root.mkdir(parents=True, exist_ok=True)
+        for u in users:
+            set_password(users_file, u, "pw")
+        backend = f'[[backend]]\nname = "b"\ntype = "maildir"\npath = "{self.mail}"\nusers_file = "{users_file}"\n'
+        super().__init__(root, backend, f"retr_chunk_size = {chunk}\n")
 
 
 def fill(home: Path, count: int, size: int) -> int:
