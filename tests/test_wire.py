@@ -503,3 +503,34 @@ def test_default_hostname_is_the_machines_name():
     from pop2gate.config import ServerSettings
 
     assert ServerSettings().hostname == socket.gethostname()
+
+
+async def test_no_password_in_any_log_line(make_server, env, three, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="pop2gate")
+    srv = await make_server()
+    await srv.talk(b"HELO alice hunter2-wrong\r\n")
+    await srv.talk(HELO + b"READ\r\nRETR\r\nACKD\r\nQUIT\r\n")
+    await srv.talk(b"HELO alice " + PASSWORD.encode() + b"\x00\r\n")
+    text = caplog.text
+    assert "bad login" in text and "login peer=" in text and "protocol error" in text
+    assert "hunter2" not in text and PASSWORD not in text
+
+
+async def test_ipv6_loopback_listener(env, three):
+    from pop2gate.config import parse_config
+    from pop2gate.server import Gateway
+
+    gateway = Gateway(parse_config(env.config_dict(listen="[::1]:0")))
+    servers = await gateway.start()
+    try:
+        port = servers[0].sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("::1", port)
+        writer.write(HELO + b"QUIT\r\n")
+        assert await expect_closed(reader) == GREETING + b"#3 messages in INBOX\r\n+ OK\r\n"
+        writer.close()
+    finally:
+        for s in servers:
+            s.close()
+        await gateway.aclose()
