@@ -349,3 +349,24 @@ async def test_many_sessions_share_few_workers(dovecot, gate):
 
     await asyncio.gather(*(one() for _ in range(60)))
     assert len(dovecot.uids("bob")) == 1
+
+
+async def test_no_credential_in_any_log_line(gate, dovecot, caplog):
+    """Neither the password nor the AUTHENTICATE PLAIN payload reaches a log line."""
+    import base64
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    g = await gate()
+    c = await g.client(fresh_source())
+    await c.helo("carol", USERS["carol"])
+    await c.quit()
+    c = await g.client(fresh_source())
+    with pytest.raises(Pop2Error):
+        await c.helo("carol", "carol-wrong-secret")
+    await g.idle()
+    text = caplog.text
+    assert "login peer=" in text and "bad login" in text
+    secrets = [USERS["carol"], "carol-wrong-secret"]
+    payloads = [base64.b64encode(f"\0carol\0{p}".encode()).decode() for p in secrets]
+    assert not any(s in text for s in secrets + payloads)
