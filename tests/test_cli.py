@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -232,3 +233,45 @@ def test_demo_serves_a_full_session(tmp_path):
     assert "pop2gate fetch" in out
     mail = tmp_path / "mail" / "demo"
     assert len(os.listdir(mail / "new")) + len(os.listdir(mail / "cur")) == 4
+
+
+def test_user_add_on_a_terminal_reads_without_echo(tmp_path):
+    """On a terminal the password is asked twice, without echo."""
+    import pty
+
+    users = tmp_path / "u"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: pop2gate on a terminal
+        os.execv(POP2GATE, [POP2GATE, "user", "add", "erin", "--users-file", str(users)])
+    seen = b""
+
+    def read_until(mark: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 30
+        while mark not in seen and time.monotonic() < deadline:
+            try:
+                seen += os.read(fd, 1024)
+            except OSError:
+                break
+
+    read_until(b"Password: ")
+    os.write(fd, b"tty secret\n")
+    read_until(b"Again: ")
+    os.write(fd, b"tty secret\n")
+    read_until(b"added user erin")
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, seen
+    assert b"tty secret" not in seen  # not echoed
+    from pop2gate.passwords import read_users, verify
+
+    assert verify(read_users(users), "erin", "tty secret")
+
+
+def test_every_limit_is_documented():
+    from pop2gate.config import Limits, ServerSettings
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    text = (docs / "configuration.md").read_text() + (docs / "imap.md").read_text()
+    for name in list(Limits.model_fields) + list(ServerSettings.model_fields):
+        assert f"`{name}`" in text, f"{name} is not documented"
