@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs the system packages the test suite needs (Debian): Dovecot for the
-# real IMAP backend, openssl for the test CA. With "venv": only python3-venv.
+# real IMAP backend, openssl for the test CA, Debian's python3 with venv for the
+# privilege-drop tests. With "venv": only python3-venv.
 set -eu
 if [ "${1:-}" = "venv" ]; then
     pkgs="python3-venv"
@@ -8,6 +9,9 @@ else
     pkgs=""
     [ -x /usr/sbin/dovecot ] || pkgs="$pkgs dovecot-imapd"
     command -v openssl >/dev/null 2>&1 || pkgs="$pkgs openssl"
+    # privilege-drop tests run pop2gate from a venv of Debian's python3, outside /root
+    /usr/bin/python3 -c "import ensurepip" 2>/dev/null || pkgs="$pkgs python3 python3-venv"
+    command -v setpriv >/dev/null 2>&1 || pkgs="$pkgs util-linux"
 fi
 [ -n "$pkgs" ] || exit 0
 if [ "$(id -u)" -ne 0 ]; then

@@ -46,8 +46,13 @@ def serve(config_path: Path, inetd: bool, log_level: str) -> None:
 
     config = _load(config_path)
     setup_logging(log_level)
+    from .privileges import PrivilegeError
+
     try:
         asyncio.run(serve_stdio(config) if inetd else serve_forever(config))
+    except PrivilegeError as err:
+        click.echo(f"pop2gate: {err}", err=True)
+        sys.exit(2)
     except OSError as err:
         click.echo(f"pop2gate: cannot listen: {err}", err=True)
         sys.exit(1)

@@ -6,6 +6,8 @@ Every limit is a named setting here; docs/configuration.md lists them.
 from __future__ import annotations
 
 import ipaddress
+import grp
+import pwd
 import socket
 import tomllib
 from pathlib import Path
@@ -35,6 +37,8 @@ class ServerSettings(_Model):
     listen: list[str] = ["127.0.0.1:109"]
     show_version: bool = False
     uw_compat: bool = False
+    user: str | None = None
+    group: str | None = None
 
     @field_validator("listen")
     @classmethod
@@ -43,6 +47,26 @@ class ServerSettings(_Model):
             raise ValueError("needs at least one HOST:PORT")
         for item in value:
             _split_listen(item)
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _check_user(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                pwd.getpwnam(value)
+            except KeyError:
+                raise ValueError(f"no such user {value!r}") from None
+        return value
+
+    @field_validator("group")
+    @classmethod
+    def _check_group(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                grp.getgrnam(value)
+            except KeyError:
+                raise ValueError(f"no such group {value!r}") from None
         return value
 
     @field_validator("hostname")

@@ -12,6 +12,7 @@ import sys
 
 from .config import Config
 from .protocol import MAX_LINE, ServerProtocol
+from .privileges import drop_privileges
 from .routing import Router
 from .session import Session, SessionSettings
 from .stores import open_store
@@ -95,6 +96,7 @@ async def serve_forever(config: Config, ready=None) -> None:
     """Run the TCP listeners until SIGINT or SIGTERM."""
     gateway = Gateway(config)
     servers = await gateway.start()
+    drop_privileges(config.server.user, config.server.group)
     if ready is not None:
         ready(servers)
     stop = asyncio.Event()
@@ -129,6 +131,7 @@ def _stdio_peer() -> Peer:
 
 async def serve_stdio(config: Config) -> None:
     """One session on stdin/stdout, the way inetd, xinetd or socat start it."""
+    drop_privileges(config.server.user, config.server.group)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_LINE, loop=loop)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), sys.stdin.buffer)
