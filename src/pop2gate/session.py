@@ -269,14 +269,19 @@ class Session:
                 async for chunk in chunks:
                     if sent + len(chunk) > expected:
                         await self._write(chunk[: expected - sent])
-                        raise _Close(why=f"message {ref.id} longer than announced {expected}; closed")
+                        self._transfer_failed(ref, f"longer than the announced {expected} octets")
                     await self._write(chunk)
                     sent += len(chunk)
         except StoreError as err:
-            raise _Close(why=f"backend failed during RETR of {ref.id} after {sent} octets: {err}") from None
+            self._transfer_failed(ref, f"backend failed after {sent} of {expected} octets: {err}")
         if sent != expected:
-            raise _Close(why=f"message {ref.id} gave {sent} octets, announced {expected}; closed")
+            self._transfer_failed(ref, f"gave {sent} octets, announced {expected}")
         log.info("retr %s n=%d octets=%d", self.tag, self.current, sent)
+
+    def _transfer_failed(self, ref: MessageRef, why: str) -> None:
+        """End the session mid-RETR: no reply can follow message data, nothing is deleted."""
+        log.warning("retr failed %s message=%s: %s; closing", self.tag, ref.id, why)
+        raise _Close()
 
     async def _store_call(self, awaitable):
         try:
