@@ -169,3 +169,20 @@ def test_fetch_reader_refuses_garbage():
         fetch_by_uid([b"1 (UID 5 RFC822.SIZE)"])  # an item without a value
     got = fetch_by_uid([b'1 (UID 5 BODY[HEADER.FIELDS (FROM TO)]<0> "x")'])
     assert got[5]["BODY[HEADER.FIELDS (FROM TO)]"] == b"x"
+
+
+def test_imap_backends_share_one_memory_budget():
+    from pop2gate.stores import open_stores
+
+    config = parse_config({
+        "backend": [
+            {"name": "a", "type": "imap", "url": "imaps://127.0.0.1"},
+            {"name": "b", "type": "imap", "url": "imaps://127.0.0.1:1993"},
+            {"name": "m", "type": "maildir", "path": "/nonexistent", "users_file": "/nonexistent/users"},
+        ],
+        "routing": {"default": "a"},
+        "limits": {"imap_fetch_memory": 5 << 20},
+    })
+    stores = open_stores(config)
+    assert stores["a"].budget is stores["b"].budget
+    assert stores["a"].budget.limit == 5 << 20

@@ -15,7 +15,7 @@ from .protocol import MAX_LINE, ServerProtocol
 from .privileges import drop_privileges
 from .routing import Router
 from .session import Session, SessionSettings
-from .stores import open_store
+from .stores import open_stores
 from .stores.base import MailStore, Peer
 from .throttle import Throttle
 
@@ -27,7 +27,7 @@ class Gateway:
 
     def __init__(self, config: Config):
         self.config = config
-        self.stores: dict[str, MailStore] = {b.name: open_store(b, config.limits) for b in config.backend}
+        self.stores: dict[str, MailStore] = open_stores(config)
         self.router = Router(config, self.stores)
         self.settings = SessionSettings(
             hostname=config.server.hostname,

@@ -46,7 +46,7 @@ def split_master(login: str) -> tuple[str, str] | None:
 
 
 class ByteBudget:
-    """Caps the message bytes held in memory at once by all sessions of a store."""
+    """Caps the message bytes held in memory at once by all sessions of the IMAP stores."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -75,7 +75,7 @@ class ByteBudget:
 class ImapStore:
     """A `[[backend]] type = "imap"`: checks HELO credentials against the IMAP server."""
 
-    def __init__(self, backend: ImapBackend, limits: Limits):
+    def __init__(self, backend: ImapBackend, limits: Limits, budget: ByteBudget | None = None):
         self.name = backend.name
         self.limits = limits
         _, host, port = backend.address()
@@ -88,7 +88,7 @@ class ImapStore:
             command_timeout=backend.timeout or limits.imap_command_timeout,
             max_literal=limits.imap_fetch_chunk,
         )
-        self.budget = ByteBudget(limits.imap_fetch_memory)
+        self.budget = budget or ByteBudget(limits.imap_fetch_memory)
         self._pool = ThreadPoolExecutor(max_workers=limits.imap_max_workers,
                                         thread_name_prefix=f"imap-{backend.name}")
         self._login_slots = asyncio.Semaphore(max(1, limits.imap_max_workers // 2))
