@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(Exception):
@@ -49,24 +49,15 @@ class ServerSettings(_Model):
             _split_listen(item)
         return value
 
-    @field_validator("user")
+    @field_validator("user", "group")
     @classmethod
-    def _check_user(cls, value: str | None) -> str | None:
+    def _check_account(cls, value: str | None, info: ValidationInfo) -> str | None:
+        lookup = pwd.getpwnam if info.field_name == "user" else grp.getgrnam
         if value is not None:
             try:
-                pwd.getpwnam(value)
+                lookup(value)
             except KeyError:
-                raise ValueError(f"no such user {value!r}") from None
-        return value
-
-    @field_validator("group")
-    @classmethod
-    def _check_group(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                grp.getgrnam(value)
-            except KeyError:
-                raise ValueError(f"no such group {value!r}") from None
+                raise ValueError(f"no such {info.field_name} {value!r}") from None
         return value
 
     @field_validator("hostname")
