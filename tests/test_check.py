@@ -22,9 +22,9 @@ from click.testing import CliRunner
 from pop2gate import check as ck
 from pop2gate.cli import main
 
-MRC = "(Comments to MRC@CAC.Washington.EDU)"
-OLD_POP2 = f"+ localhost POP2 3.3(20) w/IMAP client {MRC} at Mon, 1 Jan 1996 09:00:00 -0800 (PST)"
-OLD_POP3 = f"+OK localhost POP3 3.3(18) w/IMAP client {MRC} at Mon, 1 Jan 1996 09:00:00 -0800 (PST)"
+COMMENTS = "(Comments to postmaster@host.example)"
+OLD_POP2 = f"+ localhost POP2 3.3(20) w/IMAP client {COMMENTS} at Mon, 1 Jan 1996 09:00:00 -0800 (PST)"
+OLD_POP3 = f"+OK localhost POP3 3.3(18) w/IMAP client {COMMENTS} at Mon, 1 Jan 1996 09:00:00 -0800 (PST)"
 OLD_IMAP = "* OK localhost IMAP2bis Service 7.8(100) at Mon, 1 Jan 1996 09:00:00 -0800 (PST)"
 
 OVERFLOW = ["JPCERT-AT-2000-0001", "CVE-1999-0920", "BID 283"]
