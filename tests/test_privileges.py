@@ -31,10 +31,14 @@ def venv():
     assert os.access(SYSTEM_PYTHON, os.X_OK), f"{SYSTEM_PYTHON} missing: run scripts/install-test-deps.sh"
     path = Path(tempfile.mkdtemp(prefix="p2g-venv-"))
     os.chmod(path, 0o755)
-    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(path)], check=True, capture_output=True)
-    subprocess.run([str(path / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(ROOT)],
-                   check=True, capture_output=True, timeout=600)
-    yield path / "bin" / "pop2gate"
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(path / "venv")], check=True, capture_output=True)
+    # build from a copy, so the build leaves nothing in the work tree
+    source = path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    subprocess.run([str(path / "venv" / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                    str(source)], check=True, capture_output=True, timeout=600)
+    yield path / "venv" / "bin" / "pop2gate"
     shutil.rmtree(path, ignore_errors=True)
 
 
