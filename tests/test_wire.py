@@ -534,3 +534,13 @@ async def test_ipv6_loopback_listener(env, three):
         for s in servers:
             s.close()
         await gateway.aclose()
+
+
+async def test_message_removed_by_another_client_reads_zero(server, env, three):
+    reader, writer = await session(server, HELO)
+    assert await read_line(reader) == b"#3 messages in INBOX\r\n"
+    (env.mail / "alice" / "new" / three[1]).unlink()  # another client took message 2
+    writer.write(b"READ 2\r\nRETR\r\n")
+    assert await read_line(reader) == b"=0 no message 2\r\n"
+    assert await expect_closed(reader) == b"- No message\r\n"
+    assert env.files("alice") == [three[0], three[2]]
