@@ -37,7 +37,7 @@ def venv():
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
         ".venv", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
     subprocess.run([str(path / "venv" / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                    str(source)], check=True, capture_output=True, timeout=600)
+                    "-c", str(source / "constraints.txt"), str(source)], check=True, capture_output=True, timeout=600)
     yield path / "venv" / "bin" / "pop2gate"
     shutil.rmtree(path, ignore_errors=True)
 
