@@ -12,6 +12,7 @@ import asyncio
 import imaplib
 import os
 import platform
+import ssl
 import sys
 from pathlib import Path
 
@@ -38,9 +39,13 @@ def fill(dc: Dovecot, user: str, count: int, size: int) -> int:
     return total
 
 
-def direct_imap(user: str, port: int) -> int:
+def direct_imap(user: str, dc: Dovecot, tls: bool) -> int:
     """What a client does straight to IMAP: one snapshot, then BODY.PEEK[] per UID."""
-    c = imaplib.IMAP4(HOST, port, timeout=120)
+    if tls:
+        ctx = ssl.create_default_context(cafile=str(dc.ca_file))
+        c = imaplib.IMAP4_SSL(HOST, dc.tls_port, ssl_context=ctx, timeout=120)
+    else:
+        c = imaplib.IMAP4(HOST, dc.port, timeout=120)
     c.login(user, USERS[user])
     c.select("INBOX")
     typ, data = c.uid("FETCH", "1:*", "(UID RFC822.SIZE)")
@@ -54,10 +59,14 @@ def direct_imap(user: str, port: int) -> int:
 
 
 class Gateway(Serve):
-    """Over an IMAP backend: the private Dovecot, plain IMAP on loopback."""
+    """Over an IMAP backend: the private Dovecot on loopback, plain IMAP or implicit TLS."""
 
-    def __init__(self, root: Path, dc: Dovecot):
-        super().__init__(root, f'[[backend]]\nname = "b"\ntype = "imap"\nurl = "imap://{HOST}:{dc.port}"\ntls = "none"\n')
+    def __init__(self, root: Path, dc: Dovecot, tls: bool):
+        if tls:
+            backend = f'url = "imaps://{HOST}:{dc.tls_port}"\nca_file = "{dc.ca_file}"\n'
+        else:
+            backend = f'url = "imap://{HOST}:{dc.port}"\ntls = "none"\n'
+        super().__init__(root, f'[[backend]]\nname = "b"\ntype = "imap"\n{backend}')
 
 
 def drain(port: int, user: str) -> int:
@@ -78,14 +87,15 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=50_000)
     ap.add_argument("--big-mb", type=int, default=100)
     ap.add_argument("--sessions", type=int, default=100, help="concurrent POP2 sessions (one Dovecot user)")
+    ap.add_argument("--tls", action="store_true", help="implicit TLS to Dovecot (gateway and direct alike)")
     args = ap.parse_args()
     rows = []
     dc = Dovecot().start()
     try:
-        gw = Gateway(dc.root, dc)
+        gw = Gateway(dc.root, dc, args.tls)
         fill(dc, "alice", args.messages, args.size)
-        direct_imap("alice", dc.port)  # warm caches for both
-        direct, t_direct = timed(direct_imap, "alice", dc.port)
+        direct_imap("alice", dc, args.tls)  # warm caches for both
+        direct, t_direct = timed(direct_imap, "alice", dc, args.tls)
         got, t_gw = timed(drain, gw.port, "alice")
         assert got == direct, (got, direct)
         rows.append((f"{args.messages} x {args.size // 1000} kB, one session", got, t_gw, direct, t_direct, "-"))
@@ -100,7 +110,7 @@ def main() -> None:
 
         dc.clear("alice")
         fill(dc, "carol", 1, args.big_mb * 1_000_000)
-        direct, t_direct = timed(direct_imap, "carol", dc.port)
+        direct, t_direct = timed(direct_imap, "carol", dc, args.tls)
         got, t_gw = timed(drain, gw.port, "carol")
         assert got == direct
         rss = gw.stop()
@@ -109,7 +119,7 @@ def main() -> None:
         dc.stop()
 
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"Dovecot on loopback; command: `{' '.join(['bench/imap.py'] + sys.argv[1:])}`\n")
+          f"Dovecot on loopback ({'implicit TLS' if args.tls else 'plain IMAP'}); command: `{' '.join(['bench/imap.py'] + sys.argv[1:])}`\n")
     print("| scenario | through pop2gate | direct imaplib | gateway time / direct time | gateway peak RSS (whole run) |")
     print("|---|---|---|---|---|")
     for name, got, t_gw, direct, t_direct, rss in rows:
