@@ -35,9 +35,13 @@ class Gateway:
             show_version=config.server.show_version,
             uw_compat=config.server.uw_compat,
         )
-        self.active = 0
         self.throttle = Throttle(config.limits)
         self.sessions: set[asyncio.Task] = set()
+
+    @property
+    def active(self) -> int:
+        """Sessions being served now."""
+        return len(self.sessions)
 
     async def _refuse(self, writer: asyncio.StreamWriter, peer: Peer, why: str) -> None:
         log.warning("refused peer=%s:%s: %s", peer.host, peer.port, why)
@@ -54,7 +58,6 @@ class Gateway:
             return await self._refuse(
                 writer, peer, f"max_connections_per_address={limits.max_connections_per_address} reached"
             )
-        self.active += 1
         task = asyncio.current_task()
         self.sessions.add(task)
         try:
@@ -62,7 +65,6 @@ class Gateway:
         except asyncio.CancelledError:
             log.info("session ended by shutdown peer=%s:%s", peer.host, peer.port)
         finally:
-            self.active -= 1
             self.throttle.release(peer.host)
             self.sessions.discard(task)
 
