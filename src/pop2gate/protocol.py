@@ -75,12 +75,9 @@ TEXT = {
     "backend_error": "Mail server error, try again later",
 }
 
-# Commands that take an argument, and how: the last one of each takes the rest
-# of the line (UW behaviour: passwords go raw, spaces included).
-_ARGS = {
-    Command.HELO: 2,
-    Command.FOLD: 1,
-}
+# Commands whose last argument is the rest of the line (UW behaviour: passwords
+# go raw, spaces included), so only leading spaces are dropped.
+_REST_OF_LINE = frozenset({Command.HELO, Command.FOLD})
 
 
 @dataclass(frozen=True)
@@ -169,7 +166,6 @@ class ServerProtocol:
         self.state = State.AUTH
         self.pending: Command | None = None
         self._buffer = bytearray()
-        self._violation: ProtocolViolation | None = None
 
     # -- input ---------------------------------------------------------------
 
@@ -207,7 +203,7 @@ class ServerProtocol:
             return self._violate(
                 "wrong_state", f"{command.value} in state {self.state.value}", command=command.value
             )
-        event = self._arguments(command, rest.lstrip(" ") if command in _ARGS else rest.strip(" "))
+        event = self._arguments(command, rest.lstrip(" ") if command in _REST_OF_LINE else rest.strip(" "))
         if isinstance(event, ProtocolViolation):
             return event
         self.pending = command
@@ -238,8 +234,7 @@ class ServerProtocol:
     def _violate(self, key: str, detail: str, **fields: str) -> ProtocolViolation:
         self.state = State.DONE
         self._buffer.clear()
-        self._violation = ProtocolViolation(key, _line("-", TEXT[key].format(**fields)), detail)
-        return self._violation
+        return ProtocolViolation(key, _line("-", TEXT[key].format(**fields)), detail)
 
     # -- output --------------------------------------------------------------
 
