@@ -14,7 +14,7 @@ from .config import Config
 from .protocol import MAX_LINE, ServerProtocol
 from .privileges import drop_privileges
 from .routing import Router
-from .session import Session, SessionSettings
+from .session import Session
 from .stores import open_stores
 from .stores.base import MailStore, Peer
 from .throttle import Throttle
@@ -29,12 +29,6 @@ class Gateway:
         self.config = config
         self.stores: dict[str, MailStore] = open_stores(config)
         self.router = Router(config, self.stores)
-        self.settings = SessionSettings(
-            hostname=config.server.hostname,
-            limits=config.limits,
-            show_version=config.server.show_version,
-            uw_compat=config.server.uw_compat,
-        )
         self.throttle = Throttle(config.limits)
         self.sessions: set[asyncio.Task] = set()
 
@@ -61,7 +55,7 @@ class Gateway:
         task = asyncio.current_task()
         self.sessions.add(task)
         try:
-            await Session(reader, writer, peer, self.settings, self.router, self.throttle).run()
+            await Session(reader, writer, peer, self.config, self.router, self.throttle).run()
         except asyncio.CancelledError:
             log.info("session ended by shutdown peer=%s:%s", peer.host, peer.port)
         finally:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
 
 from . import __version__, uwcompat
-from .config import Limits
+from .config import Config
 from .folders import InvalidFolderName, check_folder_name
 from .protocol import (
     NEED_DATA,
@@ -43,14 +42,6 @@ class _Close(Exception):
         self.why = why
 
 
-@dataclass
-class SessionSettings:
-    hostname: str
-    limits: Limits
-    show_version: bool = False
-    uw_compat: bool = False
-
-
 class Session:
     """Serve one connection until QUIT, an error, a timeout or a disconnect."""
 
@@ -59,15 +50,15 @@ class Session:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         peer: Peer,
-        settings: SessionSettings,
+        config: Config,
         router: Router,
         throttle: Throttle,
     ):
         self.reader = reader
         self.writer = writer
         self.peer = peer
-        self.settings = settings
-        self.limits = settings.limits
+        self.settings = config.server
+        self.limits = config.limits
         self.router = router
         self.throttle = throttle
         self.proto = ServerProtocol()
