@@ -11,28 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, PASSWORD
+from conftest import BIN, PASSWORD, free_port, wait_port
 
 POP2GATE = str(BIN / "pop2gate")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 def run(*args: str, stdin: str = "", **kw) -> subprocess.CompletedProcess:

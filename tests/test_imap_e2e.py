@@ -67,6 +67,13 @@ class Gate:
         await self.gateway.aclose()
 
 
+def assert_untouched(dovecot, user: str, uids: list[int]) -> None:
+    """Every one of `uids` is still in the mailbox, and none is flagged \\Deleted."""
+    left = dovecot.uids(user)
+    assert sorted(left) == uids
+    assert not any(r"\Deleted" in f for f in left.values())
+
+
 def fresh_source() -> str:
     n = next(_sources)
     return f"127.2.{n // 250}.{n % 250 + 1}"
@@ -139,9 +146,7 @@ async def test_drop_after_ackd_deletes_nothing(dovecot, gate):
         await c.ackd()
     await c.close()  # gone without QUIT
     await g.idle()
-    left = dovecot.uids("alice")
-    assert sorted(left) == uids
-    assert not any(r"\Deleted" in f for f in left.values())
+    assert_untouched(dovecot, "alice", uids)
 
 
 async def test_other_client_expunges_mid_session(dovecot, gate):
@@ -294,9 +299,7 @@ async def test_backend_killed_mid_retr(dovecot, gate):
     writer.close()
     assert got + len(rest) < announced  # the session ended short; the client can tell
     await g.idle()
-    left = dovecot.uids("carol")
-    assert sorted(left) == uids  # the ACKD message is still there
-    assert not any(r"\Deleted" in f for f in left.values())
+    assert_untouched(dovecot, "carol", uids)  # the ACKD message is still there
 
 
 async def test_backend_sees_the_real_client_address(dovecot, gate):
@@ -328,9 +331,7 @@ async def test_backend_timeout_at_quit_deletes_nothing(dovecot, gate):
         dovecot.kill_sessions("carol", signal.SIGKILL)
         dovecot.kill_sessions("carol", signal.SIGCONT)
     await g.idle()
-    left = dovecot.uids("carol")
-    assert sorted(left) == uids
-    assert not any(r"\Deleted" in f for f in left.values())
+    assert_untouched(dovecot, "carol", uids)
 
 
 async def test_many_sessions_share_few_workers(dovecot, gate):
