@@ -21,7 +21,7 @@ from dovecot import HOST, USERS, Dovecot  # noqa: E402
 
 from run import Null, Serve, message, timed  # noqa: E402
 
-from pop2gate.client import Client  # noqa: E402
+from pop2gate.pop2.client import Client  # noqa: E402
 
 
 def fill(dc: Dovecot, user: str, count: int, size: int) -> int:
@@ -130,7 +130,7 @@ def main() -> None:
 
 
 async def drain_async_nack(port: int, user: str, limit: int) -> int:
-    from pop2gate.client import AsyncClient
+    from pop2gate.pop2.client import AsyncClient
 
     c = await AsyncClient.connect("127.0.0.1", port, timeout=300)
     count = await c.helo(user, USERS[user])

@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pop2gate.client import AsyncClient, Client
-from pop2gate.crlf import CrlfEncoder
-from pop2gate.passwords import set_password
+from pop2gate.pop2.client import AsyncClient, Client
+from pop2gate.stores.wireform import CrlfEncoder
+from pop2gate.stores.maildir.users import set_password
 from pop2gate.stores.maildir import make_maildir
 
 BIN = Path(sys.executable).parent

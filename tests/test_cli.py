@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, PASSWORD, free_port, wait_port
+from helpers import BIN, PASSWORD, free_port, wait_port
 
 POP2GATE = str(BIN / "pop2gate")
 
@@ -35,7 +35,7 @@ def serving(env):
 
 
 def test_serve_and_client_session(serving, env):
-    from pop2gate.client import Client
+    from pop2gate.pop2.client import Client
 
     env.deliver("alice", b"Subject: hi\n\nhello\n")
     with Client.connect("127.0.0.1", serving, timeout=10) as c:
@@ -79,7 +79,7 @@ def test_user_add_from_stdin(tmp_path, env):
     assert "added user carol" in result.stdout
     assert users.stat().st_mode & 0o777 == 0o600
     assert "pw with spaces" not in users.read_text()
-    from pop2gate.passwords import read_users, verify
+    from pop2gate.stores.maildir.users import read_users, verify
 
     assert verify(read_users(users), "carol", "pw with spaces")
     result = run("user", "add", "carol", "--users-file", str(users), stdin="new\n")
@@ -176,8 +176,8 @@ def test_fetch_bad_login_exits_1(serving):
 
 def test_demo_serves_a_full_session(tmp_path):
     """`pop2gate demo`: HELO, FOLD, READ, RETR, ACKS, ACKD, NACK and QUIT as POP2.md says."""
-    from pop2gate.client import Client
     from pop2gate.demo import DEMO_ADDRESS
+    from pop2gate.pop2.client import Client
 
     host, port = DEMO_ADDRESS
     proc = subprocess.Popen([POP2GATE, "demo", "--dir", str(tmp_path)], stdout=subprocess.PIPE,
@@ -244,7 +244,7 @@ def test_user_add_on_a_terminal_reads_without_echo(tmp_path):
     os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0, seen
     assert b"tty secret" not in seen  # not echoed
-    from pop2gate.passwords import read_users, verify
+    from pop2gate.stores.maildir.users import read_users, verify
 
     assert verify(read_users(users), "erin", "tty secret")
 

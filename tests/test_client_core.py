@@ -9,10 +9,27 @@ import threading
 
 import pytest
 
-from pop2gate.client import (
-    MAX_COMMAND, MAX_REPLY, NEED_DATA, AsyncClient, Client, ClientProtocol, Closed,
-    ConnectionClosed, Count, Data, DataEnd, Error, Greeting, Length, LocalProtocolError, Ok,
-    Pop2ClientError, Pop2Error, RemoteProtocolError, State,
+from pop2gate.pop2.client import (
+    MAX_COMMAND,
+    MAX_REPLY,
+    NEED_DATA,
+    AsyncClient,
+    Client,
+    ClientProtocol,
+    Closed,
+    ConnectionClosed,
+    Count,
+    Data,
+    DataEnd,
+    Error,
+    Greeting,
+    Length,
+    LocalProtocolError,
+    Ok,
+    Pop2ClientError,
+    Pop2Error,
+    RemoteProtocolError,
+    State,
 )
 
 GREETING = b"+ POP2 mail.example pop2gate server ready\r\n"

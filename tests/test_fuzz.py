@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pop2gate import client
-from pop2gate.crlf import CrlfEncoder
-from pop2gate.protocol import MAX_LINE, NEED_DATA, ProtocolViolation, ServerProtocol, State
+from pop2gate.pop2 import client
+from pop2gate.pop2.server import MAX_LINE, NEED_DATA, ProtocolViolation, ServerProtocol, State
+from pop2gate.stores.wireform import CrlfEncoder
 
 COMMANDS = [b"HELO a b", b"FOLD x", b"READ", b"READ 1", b"RETR", b"ACKS", b"ACKD", b"NACK", b"QUIT"]
 pieces = st.lists(st.one_of(st.binary(max_size=700), st.sampled_from(COMMANDS).map(lambda c: c + b"\r\n")),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pop2gate.config import ConfigError, parse_config
-from pop2gate.imapwire import fetch_by_uid, list_delimiter, quote, uid_set
 from pop2gate.routing import Router
 from pop2gate.stores.imap import split_master
+from pop2gate.stores.imap.wire import fetch_by_uid, list_delimiter, quote, uid_set
 
 
 def cfg(*backends: dict, routing: dict | None = None, limits: dict | None = None):
@@ -161,7 +161,7 @@ def test_docs_examples_parse():
 
 
 def test_fetch_reader_refuses_garbage():
-    from pop2gate.imapwire import ParseError
+    from pop2gate.stores.imap.wire import ParseError
 
     with pytest.raises(ParseError):
         fetch_by_uid([b'1 (UID 5 BODY[] "unterminated)'])

@@ -11,10 +11,10 @@ import threading
 import pytest
 
 from dovecot import HOST, MASTER, OTHER_HOST, USERS
-from pop2gate.client import AsyncClient, Pop2Error
 from pop2gate.config import parse_config
-from pop2gate.folders import encode_mutf7
-from pop2gate.server import Gateway
+from pop2gate.gateway.listeners import Gateway
+from pop2gate.pop2.client import AsyncClient, Pop2Error
+from pop2gate.stores.folders import encode_mutf7
 
 EDGE = [
     b"Subject: dots\r\n\r\n.\r\n..\r\n.leading dot\r\n. \r\nend\r\n",

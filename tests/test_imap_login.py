@@ -6,13 +6,12 @@ path (quoted strings and literals) is checked octet for octet.
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import threading
 
 import pytest
-
-import logging
 
 from pop2gate.config import ImapBackend, Limits
 from pop2gate.stores.base import Peer, StoreError

@@ -12,8 +12,8 @@ import pytest
 
 from dovecot import HOST, MASTER, OTHER_HOST, USERS
 from pop2gate.config import ImapBackend, Limits
-from pop2gate.folders import encode_mutf7
 from pop2gate.stores.base import Peer, StoreError
+from pop2gate.stores.folders import encode_mutf7
 from pop2gate.stores.imap import ImapStore
 
 PEER = Peer("127.0.0.1", 40000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pop2gate.protocol import (
+from pop2gate.pop2.server import (
     MAX_LINE,
     NEED_DATA,
     TEXT,

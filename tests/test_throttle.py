@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import read_line
+from helpers import read_line
 from pop2gate.config import Limits
-from pop2gate.throttle import MAX_TRACKED, Throttle
+from pop2gate.gateway.throttle import MAX_TRACKED, Throttle
 
 
 class Clock:

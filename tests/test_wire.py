@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from conftest import PASSWORD, expect_closed, read_line
+from helpers import PASSWORD, expect_closed, read_line
 
 GREETING = b"+ POP2 test.invalid pop2gate server ready\r\n"
 HELO = f"HELO alice {PASSWORD}\r\n".encode()
@@ -520,7 +520,7 @@ async def test_no_password_in_any_log_line(make_server, env, three, caplog):
 
 async def test_ipv6_loopback_listener(env, three):
     from pop2gate.config import parse_config
-    from pop2gate.server import Gateway
+    from pop2gate.gateway.listeners import Gateway
 
     gateway = Gateway(parse_config(env.config_dict(listen="[::1]:0")))
     servers = await gateway.start()

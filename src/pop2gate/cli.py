@@ -42,11 +42,11 @@ def main() -> None:
 @_log_option
 def serve(config_path: Path, inetd: bool, log_level: str) -> None:
     """Run the POP2 server."""
-    from .server import serve_forever, serve_stdio
+    from .gateway.listeners import serve_forever, serve_stdio
 
     config = _load(config_path)
     setup_logging(log_level)
-    from .privileges import PrivilegeError
+    from .gateway.privileges import PrivilegeError
 
     try:
         asyncio.run(serve_stdio(config) if inetd else serve_forever(config))
@@ -67,7 +67,7 @@ def serve(config_path: Path, inetd: bool, log_level: str) -> None:
 def demo(directory: Path | None, log_level: str) -> None:
     """Serve a demo mailbox (user demo, password demo) on 127.0.0.1:1109."""
     from .demo import DEMO_ADDRESS, create_demo, default_dir
-    from .server import serve_forever
+    from .gateway.listeners import serve_forever
 
     directory = directory or default_dir()
     config = create_demo(directory)
@@ -130,7 +130,7 @@ def user_add(name: str, config_path: Path | None, users_file: Path | None, backe
 
     The password is read without echo, or from stdin when it is not a terminal.
     """
-    from .passwords import set_password
+    from .stores.maildir.users import set_password
 
     path = _users_file(config_path, users_file, backend)
     try:
@@ -151,7 +151,7 @@ def user_add(name: str, config_path: Path | None, users_file: Path | None, backe
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait on the network.")
 def fetch(host, port, user, folder, list_only, maildir, delete, timeout) -> None:
     """Read a mailbox from a POP2 server (list it, or save it into a Maildir)."""
-    from .client import Client, Pop2ClientError
+    from .pop2.client import Client, Pop2ClientError
     from .fetch import fetch_to_maildir, list_messages
 
     if list_only == (maildir is not None):

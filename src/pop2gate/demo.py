@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .config import Config, parse_config
-from .passwords import read_users, set_password
+from .stores.maildir.users import read_users, set_password
 from .stores.maildir import make_maildir
 
 DEMO_ADDRESS = ("127.0.0.1", 1109)

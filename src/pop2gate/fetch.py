@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .client import Client
+from .pop2.client import Client
 from .stores.maildir import make_maildir
 
 

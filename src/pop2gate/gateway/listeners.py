@@ -10,13 +10,13 @@ import signal
 import socket
 import sys
 
-from .config import Config
-from .protocol import MAX_LINE, ServerProtocol
+from ..config import Config
+from ..pop2.server import MAX_LINE, ServerProtocol
 from .privileges import drop_privileges
-from .routing import Router
+from ..routing import Router
 from .session import Session
-from .stores import open_stores
-from .stores.base import MailStore, Peer
+from ..stores import open_stores
+from ..stores.base import MailStore, Peer
 from .throttle import Throttle
 
 log = logging.getLogger("pop2gate.server")

@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from ..config import ImapBackend, Limits
+from ...config import ImapBackend, Limits
 from ..folders import SEPARATOR, InvalidFolderName, check_folder_name, encode_mutf7, is_inbox
-from ..imapconn import ConnError, ImapConn, Target, open_session
-from .base import MessageRef, Peer, StoreError
+from .conn import ConnError, ImapConn, Target, open_session
+from ..base import MessageRef, Peer, StoreError
 
 log = logging.getLogger("pop2gate.imap")
 T = TypeVar("T")

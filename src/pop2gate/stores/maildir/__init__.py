@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..config import Limits, MaildirBackend
-from ..crlf import CrlfEncoder, wire_size_of
+from ...config import Limits, MaildirBackend
+from ..wireform import CrlfEncoder, wire_size_of
 from ..folders import check_folder_name, encode_mutf7, is_inbox
-from ..passwords import read_users, valid_user_name, verify
-from .base import Mailbox, MessageRef, Peer, StoreError
+from .users import read_users, valid_user_name, verify
+from ..base import Mailbox, MessageRef, Peer, StoreError
 
 log = logging.getLogger("pop2gate.maildir")
 

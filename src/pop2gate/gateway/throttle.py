@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from .config import Limits
+from ..config import Limits
 
 MAX_TRACKED = 100_000
 

@@ -11,10 +11,10 @@ import asyncio
 import contextlib
 import logging
 
-from . import __version__, uwcompat
-from .config import Config
-from .folders import InvalidFolderName, check_folder_name
-from .protocol import (
+from .. import __version__, uwcompat
+from ..config import Config
+from ..stores.folders import InvalidFolderName, check_folder_name
+from ..pop2.server import (
     NEED_DATA,
     Command,
     Fold,
@@ -25,8 +25,8 @@ from .protocol import (
     Simple,
     State,
 )
-from .routing import Router
-from .stores.base import Mailbox, MessageRef, Peer, StoreError
+from ..routing import Router
+from ..stores.base import Mailbox, MessageRef, Peer, StoreError
 from .throttle import Throttle
 
 log = logging.getLogger("pop2gate.session")

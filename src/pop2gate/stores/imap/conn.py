@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .imapwire import ParseError, fetch_by_uid, list_delimiter, quotable, quote, uid_set
+from .wire import ParseError, fetch_by_uid, list_delimiter, quotable, quote, uid_set
 
 # imaplib only sends commands it knows; ID (RFC 2971) is valid in every state.
 imaplib.Commands.setdefault("ID", ("NONAUTH", "AUTH", "SELECTED"))

@@ -1,0 +1,1 @@
+"""The I/O edge: listeners, sessions, per-address limits, privileges."""

@@ -1,0 +1,270 @@
+"""Helpers shared by the test modules: a Maildir store on disk, ports, and a scripted TCP server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pop2gate.config import Config, parse_config
+from pop2gate.stores.maildir import make_maildir
+from pop2gate.stores.maildir.users import set_password
+
+PASSWORD = "secret pass"  # a space inside: passwords are the rest of the line
+BIN = Path(sys.executable).parent  # the venv running the tests, with its pop2gate
+
+
+@dataclass
+class MailEnv:
+    """A Maildir backend in a temporary directory."""
+
+    root: Path
+    limits: dict[str, Any] = field(default_factory=dict)
+    server: dict[str, Any] = field(default_factory=dict)
+    counter: int = 0
+
+    @property
+    def mail(self) -> Path:
+        return self.root / "mail"
+
+    @property
+    def users_file(self) -> Path:
+        return self.root / "users"
+
+    def add_user(self, name: str, password: str = PASSWORD) -> Path:
+        set_password(self.users_file, name, password)
+        home = self.mail / name
+        make_maildir(home)
+        return home
+
+    def folder(self, user: str, folder: str = "INBOX") -> Path:
+        home = self.mail / user
+        path = home if folder == "INBOX" else home / ("." + folder.replace("/", "."))
+        make_maildir(path)
+        return path
+
+    def deliver(self, user: str, data: bytes, folder: str = "INBOX", flags: str | None = None) -> str:
+        """Write one message; returns its unique name."""
+        self.counter += 1
+        uid = f"{1700000000 + self.counter}.M{self.counter}P1.test"
+        path = self.folder(user, folder)
+        if flags is None:
+            (path / "new" / uid).write_bytes(data)
+        else:
+            (path / "cur" / f"{uid}:2,{flags}").write_bytes(data)
+        return uid
+
+    def files(self, user: str, folder: str = "INBOX") -> list[str]:
+        path = self.folder(user, folder)
+        return sorted(n.split(":")[0] for sub in ("new", "cur") for n in os.listdir(path / sub))
+
+    def config_dict(self, listen: str = "127.0.0.1:0") -> dict[str, Any]:
+        limits = {"bad_login_delay": 0.05, **self.limits}
+        return {
+            "server": {"hostname": "test.invalid", "listen": [listen], **self.server},
+            "limits": limits,
+            "backend": [
+                {"name": "local", "type": "maildir", "path": str(self.mail), "users_file": str(self.users_file)}
+            ],
+            "routing": {"default": "local"},
+        }
+
+    def config(self) -> Config:
+        return parse_config(self.config_dict())
+
+    def write_config(self, listen: str = "127.0.0.1:0") -> Path:
+        def toml_value(v: object) -> str:
+            if isinstance(v, str):
+                return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            if isinstance(v, bool):
+                return "true" if v else "false"
+            if isinstance(v, list):
+                return "[" + ", ".join(toml_value(x) for x in v) + "]"
+            return str(v)
+
+        data = self.config_dict(listen)
+        lines = []
+        for table in ("server", "limits", "routing"):
+            lines.append(f"[{table}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in data[table].items()]
+        for b in data["backend"]:
+            lines.append("[[backend]]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in b.items()]
+        path = self.root / "pop2gate.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+async def read_line(reader: asyncio.StreamReader, timeout: float = 10) -> bytes:
+    return await asyncio.wait_for(reader.readline(), timeout)
+
+
+async def expect_closed(reader: asyncio.StreamReader, timeout: float = 10) -> bytes:
+    """Read until EOF; returns what came (should be nothing more)."""
+    return await asyncio.wait_for(reader.read(-1), timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 15) -> None:
+    """Wait until `proc` listens on 127.0.0.1:`port`; fail if it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+# --- one scripted TCP server for every test that needs a fake peer ---------------------
+
+
+class ScriptConn:
+    """One accepted connection, as a script sees it. Lines read are recorded on the server."""
+
+    def __init__(self, sock: socket.socket, server: ScriptedServer):
+        self.sock = sock
+        self.server = server
+        self._file = sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def readline(self) -> bytes:
+        """One line (b"" at end of stream), recorded in `server.received`."""
+        try:
+            line = self._file.readline()
+        except OSError:
+            return b""
+        if line:
+            with self.server.lock:
+                self.server.received.append(line)
+        return line
+
+    def read(self, n: int) -> bytes:
+        """Exactly `n` octets, or fewer at end of stream (not recorded)."""
+        return self._file.read(n)
+
+    def drain(self) -> None:
+        """Record lines until the client closes."""
+        while self.readline():
+            pass
+
+    def close(self) -> None:
+        for closer in (self._file.close, self.sock.close):
+            try:
+                closer()
+            except OSError:
+                pass
+
+
+class ScriptedServer:
+    """A TCP server on a loopback address, in its own threads: each connection runs `script(conn)`.
+
+    It counts connections (`connections`, `active`, `max_active`) and records every line
+    a script reads (`received`). Leaving `with` closes the listener and every connection.
+    """
+
+    def __init__(self, script: Callable[[ScriptConn], None], host: str = "127.0.0.1", port: int = 0,
+                 timeout: float = 10):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, port), family=family)
+        self.host = host
+        self.port = int(self.sock.getsockname()[1])
+        self.script = script
+        self.timeout = timeout
+        self.received: list[bytes] = []
+        self.connections = 0
+        self.active = 0
+        self.max_active = 0
+        self.lock = threading.Lock()
+        self._conns: list[ScriptConn] = []
+        self._threads: list[threading.Thread] = []
+        accept = threading.Thread(target=self._accept, daemon=True)
+        accept.start()
+        self._threads.append(accept)
+
+    @property
+    def target(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.sock.accept()
+            except OSError:
+                return
+            sock.settimeout(self.timeout)
+            conn = ScriptConn(sock, self)
+            with self.lock:
+                self.connections += 1
+                self._conns.append(conn)
+            thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _run(self, conn: ScriptConn) -> None:
+        with self.lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            self.script(conn)
+        except OSError:
+            pass  # the client went away: that is the client's business
+        finally:
+            conn.close()
+            with self.lock:
+                self.active -= 1
+
+    def close(self) -> None:
+        self.sock.close()
+        with self.lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self._threads:
+            thread.join(5)
+
+    def __enter__(self) -> ScriptedServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def replies(answers: list[bytes], greeting: bytes | None = None, drain: bool = False) -> Callable[[ScriptConn], None]:
+    """A script: send `greeting`, then answer each line read with the next of `answers`.
+
+    When the answers are used up it closes, or with drain=True first reads until the client closes.
+    """
+
+    def script(conn: ScriptConn) -> None:
+        if greeting is not None:
+            conn.send(greeting)
+        for answer in answers:
+            if not conn.readline():
+                return
+            conn.send(answer)
+        if drain:
+            conn.drain()
+
+    return script
