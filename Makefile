@@ -1,10 +1,11 @@
 # Two commands: `make demo` and `make test`. Both work on a fresh Debian machine.
+# `make test` runs `make lint` (ruff, mypy) first: a new lint or type error fails it.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test lint install bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { sh scripts/install-test-deps.sh venv && $(PYTHON) -m venv $(VENV); }
@@ -16,7 +17,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pop2gate demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+test: $(STAMP) lint
 	sh scripts/install-test-deps.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

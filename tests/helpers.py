@@ -232,7 +232,22 @@ class ScriptedServer:
             with self.lock:
                 self.active -= 1
 
+    def wait_done(self, timeout: float = 5) -> None:
+        """Block until at least one connection came and every script has finished."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if self.connections and not self.active:
+                    return
+            if time.monotonic() > deadline:
+                raise AssertionError("the scripted server's sessions did not finish")
+            time.sleep(0.01)
+
     def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        except OSError:
+            pass
         self.sock.close()
         with self.lock:
             conns = list(self._conns)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
-import threading
 
 import pytest
 
+from helpers import ScriptedServer, replies
 from pop2gate.pop2.client import (
-    MAX_COMMAND,
-    MAX_REPLY,
     NEED_DATA,
     AsyncClient,
     Client,
@@ -26,11 +24,13 @@ from pop2gate.pop2.client import (
     Length,
     LocalProtocolError,
     Ok,
-    Pop2ClientError,
     Pop2Error,
+    ProtocolError,
     RemoteProtocolError,
     State,
 )
+from pop2gate.pop2.wire import MAX_LINE as MAX_COMMAND
+from pop2gate.pop2.wire import MAX_REPLY_LINE as MAX_REPLY
 
 GREETING = b"+ POP2 mail.example pop2gate server ready\r\n"
 MESSAGE = b"From: a@example\r\nSubject: hi\r\n\r\n- not a reply\r\n=12 nor this\r\n.\r\n"
@@ -148,10 +148,10 @@ def test_command_in_every_state(where, command):
 
 
 def test_local_protocol_error_is_a_client_error():
-    assert issubclass(LocalProtocolError, Pop2ClientError)
-    assert issubclass(Pop2Error, Pop2ClientError)
-    assert issubclass(ConnectionClosed, Pop2ClientError)
-    assert issubclass(RemoteProtocolError, Pop2ClientError)
+    assert issubclass(LocalProtocolError, ProtocolError)
+    assert issubclass(Pop2Error, ProtocolError)
+    assert issubclass(ConnectionClosed, ProtocolError)
+    assert issubclass(RemoteProtocolError, ProtocolError)
 
 
 # -- the core: building commands ---------------------------------------------------------
@@ -527,52 +527,32 @@ def test_need_data_repr():
 
 # -- the wrappers against a scripted in-test server --------------------------------------
 
-class Script:
+def scripted(answers: list[bytes], greeting: bytes = GREETING, drain: bool = False) -> ScriptedServer:
     """A scripted POP2 server on 127.0.0.1 that records each line the client sends.
 
     After the greeting, each line received is answered with the next reply of the script.
     When the script is used up the server closes, or with drain=True first reads until
     the client closes.
     """
-
-    def __init__(self, replies: list[bytes], greeting: bytes = GREETING, drain: bool = False):
-        self.replies, self.greeting, self.drain = replies, greeting, drain
-        self.received: list[bytes] = []
-        self.done = asyncio.Event()
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(self.greeting)
-            await writer.drain()
-            for reply in self.replies:
-                line = await reader.readline()
-                if not line:
-                    break
-                self.received.append(line)
-                writer.write(reply)
-                await writer.drain()
-            if self.drain:
-                while line := await reader.readline():
-                    self.received.append(line)
-        finally:
-            writer.close()
-            self.done.set()
+    return ScriptedServer(replies(answers, greeting, drain))
 
 
 @pytest.fixture
 async def serve():
     servers = []
 
-    async def start(script: Script) -> int:
-        server = await asyncio.start_server(script.handle, "127.0.0.1", 0)
-        servers.append((server, script))
-        return server.sockets[0].getsockname()[1]
+    async def start(server: ScriptedServer) -> int:
+        servers.append(server)
+        return server.port
 
     yield start
-    for server, script in servers:
+    for server in servers:
+        await asyncio.to_thread(server.wait_done, 5)
         server.close()
-        await server.wait_closed()
-        await asyncio.wait_for(script.done.wait(), 5)
+
+
+async def finished(server: ScriptedServer) -> None:
+    await asyncio.to_thread(server.wait_done, 5)
 
 
 FULL_REPLIES = [
@@ -604,7 +584,7 @@ FULL_SENT = [
 
 
 async def test_async_full_session(serve):
-    script = Script(FULL_REPLIES)
+    script = scripted(FULL_REPLIES)
     port = await serve(script)
     client = await AsyncClient.connect("127.0.0.1", port, timeout=5)
     assert client.greeting == Greeting("POP2 mail.example pop2gate server ready",
@@ -622,24 +602,24 @@ async def test_async_full_session(serve):
     assert out.getvalue() == b"abc"
     assert await client.acks() == 0
     assert await client.quit() == "OK"
-    await asyncio.wait_for(script.done.wait(), 5)
+    await finished(script)
     assert script.received == FULL_SENT
 
 
 async def test_async_from_streams(serve):
-    script = Script([b"#0\r\n", b"+ OK\r\n"])
+    script = scripted([b"#0\r\n", b"+ OK\r\n"])
     port = await serve(script)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     async with await AsyncClient.from_streams(reader, writer, timeout=5) as client:
         assert client.greeting.host == "mail.example"
         assert await client.helo("u", "p") == 0
         assert await client.quit() == "OK"
-    await asyncio.wait_for(script.done.wait(), 5)
+    await finished(script)
     assert script.received == [b"HELO u p\r\n", b"QUIT\r\n"]
 
 
 async def test_async_error_reply(serve):
-    script = Script([b"- Bad login\r\n"])
+    script = scripted([b"- Bad login\r\n"])
     port = await serve(script)
     client = await AsyncClient.connect("127.0.0.1", port, timeout=5)
     with pytest.raises(Pop2Error) as info:
@@ -652,19 +632,19 @@ async def test_async_error_reply(serve):
 
 
 async def test_async_error_greeting(serve):
-    port = await serve(Script([], greeting=b"- Server busy\r\n"))
+    port = await serve(scripted([], greeting=b"- Server busy\r\n"))
     with pytest.raises(Pop2Error, match="Server busy"):
         await AsyncClient.connect("127.0.0.1", port, timeout=5)
 
 
 async def test_async_close_before_greeting(serve):
-    port = await serve(Script([], greeting=b""))
+    port = await serve(scripted([], greeting=b""))
     with pytest.raises(ConnectionClosed):
         await AsyncClient.connect("127.0.0.1", port, timeout=5)
 
 
 async def test_async_close_during_data(serve):
-    port = await serve(Script([b"#1\r\n", b"=100\r\n", b"only part"]))
+    port = await serve(scripted([b"#1\r\n", b"=100\r\n", b"only part"]))
     client = await AsyncClient.connect("127.0.0.1", port, timeout=5)
     await client.helo("u", "p")
     assert await client.read() == 100
@@ -674,7 +654,7 @@ async def test_async_close_during_data(serve):
 
 
 async def test_async_close_instead_of_reply(serve):
-    port = await serve(Script([b"#1\r\n"]))
+    port = await serve(scripted([b"#1\r\n"]))
     client = await AsyncClient.connect("127.0.0.1", port, timeout=5)
     await client.helo("u", "p")
     with pytest.raises(ConnectionClosed):
@@ -682,17 +662,17 @@ async def test_async_close_instead_of_reply(serve):
 
 
 async def test_async_idle_logout_surfaces_on_next_command(serve):
-    script = Script([b"#1\r\n- Autologout; idle for too long\r\n"], drain=True)
+    script = scripted([b"#1\r\n- Autologout; idle for too long\r\n"], drain=True)
     port = await serve(script)
     client = await AsyncClient.connect("127.0.0.1", port, timeout=5)
     assert await client.helo("u", "p") == 1
     with pytest.raises(Pop2Error, match="Autologout"):
         await client.read()
-    await asyncio.wait_for(script.done.wait(), 5)
+    await finished(script)
 
 
 async def test_async_reply_after_data_in_same_chunk(serve):
-    script = Script([b"#1\r\n", b"=3\r\n", b"abc=0 done\r\n", b"", b"+ OK\r\n"])
+    script = scripted([b"#1\r\n", b"=3\r\n", b"abc=0 done\r\n", b"", b"+ OK\r\n"])
     port = await serve(script)
     client = await AsyncClient.connect("127.0.0.1", port, timeout=5)
     await client.helo("u", "p")
@@ -700,13 +680,13 @@ async def test_async_reply_after_data_in_same_chunk(serve):
     assert await client.retr() == b"abc"
     assert await client.ackd() == 0
     assert await client.quit() == "OK"
-    await asyncio.wait_for(script.done.wait(), 5)
+    await finished(script)
     assert script.received[-2:] == [b"ACKD\r\n", b"QUIT\r\n"]
 
 
 async def test_async_retr_to_streams_in_chunks(serve):
     body = bytes(range(256)) * 8192  # 2 MiB
-    port = await serve(Script([b"#1\r\n", b"=%d\r\n" % len(body), body, b"+ OK\r\n"]))
+    port = await serve(scripted([b"#1\r\n", b"=%d\r\n" % len(body), body, b"+ OK\r\n"]))
     writes = []
 
     class Sink:
@@ -723,7 +703,7 @@ async def test_async_retr_to_streams_in_chunks(serve):
 
 
 async def test_async_timeout(serve):
-    port = await serve(Script([b""], drain=True))  # HELO gets no answer
+    port = await serve(scripted([b""], drain=True))  # HELO gets no answer
     client = await AsyncClient.connect("127.0.0.1", port, timeout=0.2)
     with pytest.raises(TimeoutError):
         await client.helo("u", "p")
@@ -731,7 +711,7 @@ async def test_async_timeout(serve):
 
 
 async def test_async_local_error_sends_nothing(serve):
-    script = Script([b"#1\r\n"], drain=True)
+    script = scripted([b"#1\r\n"], drain=True)
     port = await serve(script)
     async with await AsyncClient.connect("127.0.0.1", port, timeout=5) as client:
         with pytest.raises(LocalProtocolError):
@@ -740,37 +720,20 @@ async def test_async_local_error_sends_nothing(serve):
             await client.helo("u", "bad\r\nQUIT")
         assert await client.helo("u", "p") == 1
     # leaving the block closes the connection without QUIT
-    await asyncio.wait_for(script.done.wait(), 5)
+    await finished(script)
     assert script.received == [b"HELO u p\r\n"]
 
 
 # -- the blocking client -----------------------------------------------------------------
 
-def thread_server(replies: list[bytes], greeting: bytes = GREETING):
-    """Run a scripted server in a thread on 127.0.0.1; returns (port, received, thread)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(5)
-    received: list[bytes] = []
-
-    def run():
-        with listener, listener.accept()[0] as conn:
-            conn.settimeout(5)
-            lines = conn.makefile("rb")
-            conn.sendall(greeting)
-            for reply in replies:
-                line = lines.readline()
-                if not line:
-                    break
-                received.append(line)
-                conn.sendall(reply)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return listener.getsockname()[1], received, thread
+def thread_server(answers: list[bytes], greeting: bytes = GREETING) -> tuple[int, ScriptedServer]:
+    """A scripted server for the blocking client; returns (port, server)."""
+    server = scripted(answers, greeting)
+    return server.port, server
 
 
 def test_blocking_full_session():
-    port, received, thread = thread_server(FULL_REPLIES)
+    port, server = thread_server(FULL_REPLIES)
     with Client.connect("127.0.0.1", port, timeout=5) as client:
         assert client.greeting.host == "mail.example"
         assert client.helo("joe q", "pass word\\x") == 2
@@ -785,24 +748,27 @@ def test_blocking_full_session():
         assert client.retr_to(out) == 3 and out.getvalue() == b"abc"
         assert client.acks() == 0
         assert client.quit() == "OK"
-    thread.join(5)
-    assert received == FULL_SENT
+    server.wait_done(5)
+    server.close()
+    assert server.received == FULL_SENT
 
 
 def test_blocking_error_and_early_close():
-    port, received, thread = thread_server([b"#1\r\n", b"=10\r\n", b"short"])
+    port, server = thread_server([b"#1\r\n", b"=10\r\n", b"short"])
     client = Client.connect("127.0.0.1", port, timeout=5)
     client.helo("u", "p")
     client.read()
     with pytest.raises(ConnectionClosed):
         client.retr()
-    thread.join(5)
+    server.wait_done(5)
+    server.close()
 
-    port, received, thread = thread_server([b"- Bad login\r\n"])
+    port, server = thread_server([b"- Bad login\r\n"])
     with Client.connect("127.0.0.1", port, timeout=5) as client:
         with pytest.raises(Pop2Error, match="Bad login"):
             client.helo("u", "p")
-    thread.join(5)
+    server.wait_done(5)
+    server.close()
 
 
 def test_blocking_timeout_over_socketpair():
@@ -822,3 +788,12 @@ def test_blocking_over_socketpair():
         assert client.helo("a", "b c") == 4
         assert theirs.recv(100) == b"HELO a b\\ c\r\n"
         client.close()
+
+
+def test_input_while_no_reply_is_due_is_bounded():
+    p = at("nmbr")  # the server owes nothing now
+    assert feed(p, b"=3\r\n") == []  # kept for later, as before
+    p.receive_data(b"x" * MAX_REPLY)
+    with pytest.raises(RemoteProtocolError):
+        p.next_event()
+    assert p.state is State.ERROR

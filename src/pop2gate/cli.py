@@ -10,13 +10,13 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import ConfigError, MaildirBackend, load_config
+from .config import Config, ConfigError, MaildirBackend, load_config
 from .logs import LEVELS, setup_logging
 
 CONFIG_HELP = "TOML configuration file (see docs/configuration.md)."
 
 
-def _load(path: Path):
+def _load(path: Path) -> Config:
     try:
         return load_config(path)
     except ConfigError as err:
@@ -24,10 +24,9 @@ def _load(path: Path):
         sys.exit(2)
 
 
-def _log_option(f):
-    return click.option(
-        "--log-level", type=click.Choice(LEVELS), default="info", show_default=True, help="Log detail (to stderr)."
-    )(f)
+_log_option = click.option(
+    "--log-level", type=click.Choice(LEVELS), default="info", show_default=True, help="Log detail (to stderr)."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,7 +75,7 @@ def demo(directory: Path | None, log_level: str) -> None:
 
     prog = sys.argv[0] if Path(sys.argv[0]).name == "pop2gate" else "pop2gate"
 
-    def ready(_servers) -> None:
+    def ready(_servers: list[asyncio.Server]) -> None:
         click.echo(
             f"pop2gate demo: serving {directory / 'mail'} on {host}:{port} (user demo, password demo)\n"
             f"Connect by hand:     telnet {host} {port}\n"
@@ -149,10 +148,11 @@ def user_add(name: str, config_path: Path | None, users_file: Path | None, backe
 @click.option("--maildir", type=click.Path(path_type=Path), help="Save messages into this Maildir.")
 @click.option("--delete", is_flag=True, help="With --maildir: delete each message on the server once saved.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait on the network.")
-def fetch(host, port, user, folder, list_only, maildir, delete, timeout) -> None:
+def fetch(host: str, port: int, user: str, folder: str | None, list_only: bool, maildir: Path | None,
+          delete: bool, timeout: float) -> None:
     """Read a mailbox from a POP2 server (list it, or save it into a Maildir)."""
-    from .pop2.client import Client, Pop2ClientError
     from .fetch import fetch_to_maildir, list_messages
+    from .pop2.client import Client, ProtocolError
 
     if list_only == (maildir is not None):
         raise click.UsageError("give exactly one of --list or --maildir")
@@ -168,11 +168,11 @@ def fetch(host, port, user, folder, list_only, maildir, delete, timeout) -> None
                 for n, size in list_messages(client, count):
                     click.echo(f"{n:6d} {size:10d}")
                 click.echo(f"{count} message(s) in {folder or 'INBOX'}")
-            else:
+            elif maildir is not None:
                 saved = fetch_to_maildir(client, count, maildir, delete, report=click.echo)
                 click.echo(f"{saved} message(s) saved to {maildir}" + (", deleted on the server" if delete else ""))
             client.quit()
-    except (Pop2ClientError, OSError) as err:
+    except (ProtocolError, OSError) as err:
         click.echo(f"pop2gate fetch: {err.__class__.__name__}: {err}", err=True)
         sys.exit(1)
 

@@ -9,14 +9,15 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 
 from ..config import Config
-from ..pop2.server import MAX_LINE, ServerProtocol
-from .privileges import drop_privileges
+from ..pop2.wire import MAX_LINE, Reason
 from ..routing import Router
-from .session import Session
 from ..stores import open_stores
 from ..stores.base import MailStore, Peer
+from .privileges import drop_privileges
+from .session import Session
 from .throttle import Throttle
 
 log = logging.getLogger("pop2gate.server")
@@ -30,7 +31,7 @@ class Gateway:
         self.stores: dict[str, MailStore] = open_stores(config)
         self.router = Router(config, self.stores)
         self.throttle = Throttle(config.limits)
-        self.sessions: set[asyncio.Task] = set()
+        self.sessions: set[asyncio.Task[None]] = set()
 
     @property
     def active(self) -> int:
@@ -39,7 +40,7 @@ class Gateway:
 
     async def _refuse(self, writer: asyncio.StreamWriter, peer: Peer, why: str) -> None:
         log.warning("refused peer=%s:%s: %s", peer.host, peer.port, why)
-        writer.write(ServerProtocol().reply_error("too_many"))
+        writer.write(Reason.TOO_MANY.reply().line())
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer.drain(), 5)
         writer.close()
@@ -53,6 +54,7 @@ class Gateway:
                 writer, peer, f"max_connections_per_address={limits.max_connections_per_address} reached"
             )
         task = asyncio.current_task()
+        assert task is not None  # handle always runs as a task of its own
         self.sessions.add(task)
         try:
             await Session(reader, writer, peer, self.config, self.router, self.throttle).run()
@@ -88,7 +90,7 @@ class Gateway:
             await store.aclose()
 
 
-async def serve_forever(config: Config, ready=None) -> None:
+async def serve_forever(config: Config, ready: Callable[[list[asyncio.Server]], None] | None = None) -> None:
     """Run the TCP listeners until SIGINT or SIGTERM."""
     gateway = Gateway(config)
     servers = await gateway.start()

@@ -10,34 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
+from typing import NoReturn, TypeVar
 
-from .. import __version__, uwcompat
+from .. import __version__
 from ..config import Config
-from ..stores.folders import InvalidFolderName, check_folder_name
-from ..pop2.server import (
-    NEED_DATA,
-    Command,
-    Fold,
-    Helo,
-    ProtocolViolation,
-    Read,
-    ServerProtocol,
-    Simple,
-    State,
-)
+from ..pop2.server import NEED_DATA, ProtocolViolation, ServerProtocol, State
+from ..pop2.wire import MAX_LINE, Ackd, Acks, Command, Fold, Helo, LocalProtocolError, Nack, Quit, Read, Reason, Retr
 from ..routing import Router
 from ..stores.base import Mailbox, MessageRef, Peer, StoreError
 from .throttle import Throttle
 
 log = logging.getLogger("pop2gate.session")
 
-READ_CHUNK = 512  # never read more than one command line's worth at a time
+T = TypeVar("T")
 
 
 class _Close(Exception):
     """End the session after sending `reply` (may be empty)."""
 
-    def __init__(self, reply: bytes = b"", why: str = ""):
+    def __init__(self, reply: bytes = b"", why: str = "") -> None:
         self.reply = reply
         self.why = why
 
@@ -53,7 +45,7 @@ class Session:
         config: Config,
         router: Router,
         throttle: Throttle,
-    ):
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.peer = peer
@@ -67,7 +59,6 @@ class Session:
         self.folder = ""
         self.messages: list[MessageRef] = []
         self.current = 1
-        self.announced = 0
         self.acked: set[int] = set()
 
     @property
@@ -90,7 +81,7 @@ class Session:
             log.info("disconnect %s: %s", self.tag, err.__class__.__name__)
         except Exception:
             log.exception("internal error %s", self.tag)
-            await self._write_quietly(self.proto.reply_error("server_error"))
+            await self._write_quietly(self.proto.send_error(Reason.SERVER_ERROR))
         finally:
             await self._end()
 
@@ -118,13 +109,11 @@ class Session:
                 while (left := deadline - loop.time()) > 0:
                     if not await asyncio.wait_for(self.reader.read(65536), left):
                         break
-        except Exception:
-            pass
-        try:
+        except (TimeoutError, OSError):
+            pass  # the peer is gone or slow: closing is all that is left
+        with contextlib.suppress(OSError, asyncio.TimeoutError):
             self.writer.close()
             await asyncio.wait_for(self.writer.wait_closed(), 5)
-        except Exception:
-            pass
 
     # -- I/O -----------------------------------------------------------------
 
@@ -132,25 +121,23 @@ class Session:
         self.writer.write(data)
         try:
             await asyncio.wait_for(self.writer.drain(), self.limits.idle_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise _Close(why="client stopped reading") from None
 
     async def _write_quietly(self, data: bytes) -> None:
-        try:
+        with contextlib.suppress(_Close, OSError):
             await self._write(data)
-        except Exception:
-            pass
 
-    async def _next_event(self):
+    async def _next_event(self) -> Command | ProtocolViolation:
         timeout = self.limits.login_timeout if self.proto.state is State.AUTH else self.limits.idle_timeout
         while True:
             event = self.proto.next_event()
             if event is not NEED_DATA:
                 return event
-            try:
-                data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
-            except asyncio.TimeoutError:
-                raise _Close(self.proto.reply_error("autologout"), f"timeout after {timeout:g}s") from None
+            try:  # never more than one command line's worth at a time
+                data = await asyncio.wait_for(self.reader.read(MAX_LINE), timeout)
+            except TimeoutError:
+                raise _Close(self.proto.send_error(Reason.AUTOLOGOUT), f"timeout after {timeout:g}s") from None
             if not data:
                 raise _Close(why="client closed the connection")
             self.proto.receive_data(data)
@@ -159,79 +146,72 @@ class Session:
 
     async def _step(self) -> None:
         event = await self._next_event()
-        if isinstance(event, ProtocolViolation):
-            log.warning("protocol error %s: %s", self.tag, event.detail)
-            raise _Close(event.reply)
-        if isinstance(event, Helo):
-            await self._helo(event)
-        elif isinstance(event, Fold):
-            await self._fold(event.folder)
-        elif isinstance(event, Read):
-            if event.number is not None:
-                self.current = event.number
-            await self._answer_length()
-        elif isinstance(event, Simple):
-            await self._simple(event.command)
-
-    async def _simple(self, command: Command) -> None:
-        if command is Command.RETR:
-            await self._retr()
-        elif command is Command.ACKS:
-            await self._store_call(self.mailbox.mark_seen(self.messages[self.current - 1]))
-            self.current += 1
-            await self._answer_length()
-        elif command is Command.ACKD:
-            self.acked.add(self.current)
-            self.current += 1
-            await self._answer_length()
-        elif command is Command.NACK:
-            await self._answer_length()
-        elif command is Command.QUIT:
-            if self.mailbox is not None:
+        match event:
+            case ProtocolViolation(detail=detail, reply=reply):
+                log.warning("protocol error %s: %s", self.tag, detail)
+                raise _Close(reply)
+            case Helo():
+                await self._helo(event)
+            case Fold(folder=folder):
                 await self._release()
-            await self._write(self.proto.reply_bye())
-            log.info("quit %s", self.tag)
+                await self._select(folder)
+            case Read(number=number):
+                if number is not None:
+                    self.current = number
+                await self._answer_length()
+            case Retr():
+                await self._retr()
+            case Acks():
+                await self._store_call(self._mailbox().mark_seen(self.messages[self.current - 1]))
+                self.current += 1
+                await self._answer_length()
+            case Ackd():
+                self.acked.add(self.current)
+                self.current += 1
+                await self._answer_length()
+            case Nack():
+                await self._answer_length()
+            case Quit():
+                if self.mailbox is not None:
+                    await self._release()
+                await self._write(self.proto.send_bye())
+                log.info("quit %s", self.tag)
+
+    def _mailbox(self) -> Mailbox:
+        assert self.mailbox is not None, "the protocol allows this command only after HELO"
+        return self.mailbox
 
     async def _helo(self, event: Helo) -> None:
         self.user = event.user
         route = self.router.route(event.user)
-        mailbox = None
+        mailbox: Mailbox | None = None
         if route is not None:
             mailbox = await self._store_call(route.store.login(route.user, event.password, self.peer))
         if mailbox is None:
             delay = self.throttle.failure_delay(self.peer.host)
             log.warning("bad login %s delay=%gs", self.tag, delay)
             await asyncio.sleep(delay)
-            raise _Close(self.proto.reply_error("bad_login"))
+            raise _Close(self.proto.send_error(Reason.BAD_LOGIN))
+        assert route is not None
         self.throttle.succeeded(self.peer.host)
         self.mailbox = mailbox
         log.info("login %s backend=%s", self.tag, route.store.name)
         await self._select("INBOX")
 
-    async def _fold(self, name: str) -> None:
-        try:
-            check_folder_name(name)
-        except InvalidFolderName:
-            log.warning("invalid folder name %s folder=%r", self.tag, name)
-            raise _Close(self.proto.reply_error("bad_folder")) from None
-        await self._release()
-        await self._select(name)
-
     async def _select(self, folder: str) -> None:
-        self.messages = await self._store_call(self.mailbox.select(folder))
+        self.messages = await self._store_call(self._mailbox().select(folder))
         self.folder = folder
         self.current = 1
-        self.announced = 0
         self.acked = set()
         log.info("select %s folder=%r messages=%d", self.tag, folder, len(self.messages))
-        await self._write(self.proto.reply_count(len(self.messages), folder))
+        await self._write(self.proto.send_count(len(self.messages), folder))
 
     async def _release(self) -> None:
         """Apply this folder's ACKD deletions: the only place mail is removed."""
         if not self.acked:
             return
         refs = [self.messages[n - 1] for n in sorted(self.acked)]
-        await self._store_call(self.mailbox.release(refs))
+        await self._store_call(self._mailbox().release(refs))
         log.info("deleted %s folder=%r count=%d", self.tag, self.folder, len(refs))
         self.acked = set()
 
@@ -239,44 +219,38 @@ class Session:
         n = self.current
         size = 0
         if 1 <= n <= len(self.messages) and n not in self.acked:
-            ref = self.messages[n - 1]
-            size = await self._store_call(self.mailbox.wire_size(ref))
-            if size and self.settings.uw_compat:
-                size += uwcompat.extra_octets(ref.seen)
-        self.announced = size
-        await self._write(self.proto.reply_length(size, n))
+            size = await self._store_call(self._mailbox().wire_size(self.messages[n - 1]))
+        await self._write(self.proto.send_length(size, n))
 
     async def _retr(self) -> None:
-        if self.announced == 0:
-            raise _Close(self.proto.reply_error("no_message"), "RETR of an empty or missing message")
-        self.proto.start_data()
+        """Send exactly the announced octets; the protocol core counts them."""
         ref = self.messages[self.current - 1]
-        expected, sent = self.announced, 0
-        chunks = self.mailbox.fetch(ref)
-        if self.settings.uw_compat:
-            chunks = uwcompat.add_status(chunks, ref.seen)
+        expected = self.proto.announced
+        chunks = self._mailbox().fetch(ref)
         try:
             async with contextlib.aclosing(chunks):
                 async for chunk in chunks:
-                    if sent + len(chunk) > expected:
-                        await self._write(chunk[: expected - sent])
+                    if len(chunk) > self.proto.data_left:
+                        await self._write(self.proto.send_data(chunk[: self.proto.data_left]))
                         self._transfer_failed(ref, f"longer than the announced {expected} octets")
-                    await self._write(chunk)
-                    sent += len(chunk)
+                    await self._write(self.proto.send_data(chunk))
         except StoreError as err:
+            sent = expected - self.proto.data_left
             self._transfer_failed(ref, f"backend failed after {sent} of {expected} octets: {err}")
-        if sent != expected:
-            self._transfer_failed(ref, f"gave {sent} octets, announced {expected}")
-        log.info("retr %s n=%d octets=%d", self.tag, self.current, sent)
+        try:
+            self.proto.end_data()
+        except LocalProtocolError as err:
+            self._transfer_failed(ref, str(err))
+        log.info("retr %s n=%d octets=%d", self.tag, self.current, expected)
 
-    def _transfer_failed(self, ref: MessageRef, why: str) -> None:
+    def _transfer_failed(self, ref: MessageRef, why: str) -> NoReturn:
         """End the session mid-RETR: no reply can follow message data, nothing is deleted."""
         log.warning("retr failed %s message=%s: %s; closing", self.tag, ref.id, why)
         raise _Close()
 
-    async def _store_call(self, awaitable):
+    async def _store_call(self, awaitable: Awaitable[T]) -> T:
         try:
             return await awaitable
         except StoreError as err:
             log.warning("backend error %s: %s", self.tag, err)
-            raise _Close(self.proto.reply_error("backend_error")) from None
+            raise _Close(self.proto.send_error(Reason.BACKEND_ERROR)) from None

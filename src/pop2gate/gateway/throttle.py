@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from ..config import Limits
 
@@ -16,7 +17,7 @@ MAX_TRACKED = 100_000
 
 
 class Throttle:
-    def __init__(self, limits: Limits, clock=time.monotonic):
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self.clock = clock
         self._failures: dict[str, tuple[int, float]] = {}
@@ -35,7 +36,7 @@ class Throttle:
         if len(self._failures) >= MAX_TRACKED:
             self._prune()
         self._failures[host] = (count, self.clock())
-        delay = self.limits.bad_login_delay * 2 ** min(count - 1, 16)
+        delay: float = self.limits.bad_login_delay * 2 ** min(count - 1, 16)
         return min(delay, max(self.limits.bad_login_max_delay, self.limits.bad_login_delay))
 
     def succeeded(self, host: str) -> None:

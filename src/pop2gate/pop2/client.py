@@ -12,28 +12,43 @@ import contextlib
 import enum
 import io
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Union
+from typing import BinaryIO, TypeVar
 
-MAX_COMMAND = 512  # octets per command line, CRLF included (RFC 937 "Sizes")
-MAX_REPLY = 4096  # octets per reply line we accept (RFC 937 says 512; be lenient, not unbounded)
-DEFAULT_PORT = 109
+from .wire import (
+    DEFAULT_PORT,
+    MAX_REPLY_LINE,
+    Ackd,
+    Acks,
+    Command,
+    Fold,
+    Helo,
+    LocalProtocolError,
+    Nack,
+    ProtocolError,
+    Quit,
+    Read,
+    RemoteProtocolError,
+    Retr,
+    Word,
+    greeting_host,
+    parse_reply,
+    split_line,
+)
+
 DEFAULT_TIMEOUT = 60.0
 CHUNK = 65536
 
 __all__ = [
     "ClientProtocol", "Client", "AsyncClient", "State", "NEED_DATA",
     "Greeting", "Count", "Length", "Ok", "Error", "Data", "DataEnd", "Closed", "Event",
-    "Pop2ClientError", "Pop2Error", "LocalProtocolError", "RemoteProtocolError",
-    "ConnectionClosed",
+    "ProtocolError", "Pop2Error", "LocalProtocolError", "RemoteProtocolError",
+    "ConnectionClosed", "DEFAULT_PORT",
 ]
 
 
-class Pop2ClientError(Exception):
-    """Base class of every error raised by this module."""
-
-
-class Pop2Error(Pop2ClientError):
+class Pop2Error(ProtocolError):
     """The server answered with a `-` reply (and closes the connection)."""
 
     def __init__(self, text: str) -> None:
@@ -41,15 +56,7 @@ class Pop2Error(Pop2ClientError):
         self.text = text
 
 
-class LocalProtocolError(Pop2ClientError):
-    """The caller asked for something POP2 does not allow here; nothing was sent."""
-
-
-class RemoteProtocolError(Pop2ClientError):
-    """The server broke the protocol."""
-
-
-class ConnectionClosed(Pop2ClientError):
+class ConnectionClosed(ProtocolError):
     """The connection ended before the expected reply or data arrived."""
 
 
@@ -62,6 +69,21 @@ class State(enum.Enum):
     XFER = "XFER"  # RETR sent: c octets expected, then ACKS, ACKD or NACK
     EXIT = "EXIT"  # QUIT sent, `-` received or connection closed
     ERROR = "ERROR"  # the server broke the protocol
+
+
+# command -> (the states it may be sent in, the state it leads to). The reply each state
+# waits for is in EXPECTED (XFER waits for message data, not a line).
+TABLE: dict[Word, tuple[frozenset[State], State]] = {
+    Word.HELO: (frozenset({State.CALL}), State.NMBR),
+    Word.FOLD: (frozenset({State.NMBR, State.SIZE}), State.NMBR),
+    Word.READ: (frozenset({State.NMBR, State.SIZE}), State.SIZE),
+    Word.RETR: (frozenset({State.SIZE}), State.XFER),
+    Word.ACKS: (frozenset({State.XFER}), State.SIZE),
+    Word.ACKD: (frozenset({State.XFER}), State.SIZE),
+    Word.NACK: (frozenset({State.XFER}), State.SIZE),
+    Word.QUIT: (frozenset({State.CALL, State.NMBR, State.SIZE}), State.EXIT),
+}
+EXPECTED = {State.CALL: "+", State.NMBR: "#", State.SIZE: "=", State.EXIT: "+"}
 
 
 @dataclass(frozen=True)
@@ -107,109 +129,88 @@ class Closed:
     """The server closed the connection (after `receive_data(b"")`)."""
 
 
-Event = Union[Greeting, Count, Length, Ok, Error, Data, DataEnd, Closed]
+Event = Greeting | Count | Length | Ok | Error | Data | DataEnd | Closed
+E = TypeVar("E", Greeting, Count, Length, Ok, Data)
 
 
-class _NeedData:
+class NeedData(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
-NEED_DATA = _NeedData()
-_EXPECTED = {State.CALL: "+", State.NMBR: "#", State.SIZE: "=", State.EXIT: "+"}
+NEED_DATA = NeedData.NEED_DATA
 
 
-def _quote(arg: str | bytes, what: str) -> bytes:
-    """Encode one argument with RFC 937 quoting: `\\ ` for space, `\\\\` for backslash."""
+def _text(arg: str | bytes, what: str) -> str:
+    """An argument as text; bytes map one to one (surrogateescape), so any octets can be sent."""
     if isinstance(arg, str):
-        raw = arg.encode("utf-8")
-    elif isinstance(arg, (bytes, bytearray)):
-        raw = bytes(arg)
-    else:
-        raise TypeError(f"{what} must be str or bytes, not {type(arg).__name__}")
-    if not raw:
-        raise LocalProtocolError(f"empty {what}")
-    if any(b < 0x20 or b == 0x7F for b in raw):
-        raise LocalProtocolError(f"control character in {what}")
-    return raw.replace(b"\\", b"\\\\").replace(b" ", b"\\ ")
-
-
-def _number(text: str) -> tuple[int, str]:
-    """Split the text after `#` or `=` into its number and the rest."""
-    text = text.lstrip(" ")
-    rest = text.lstrip("0123456789")
-    digits = text[: len(text) - len(rest)]
-    if not digits or len(digits) > 20 or (rest and not rest[0].isspace()):
-        raise RemoteProtocolError(f"bad number in reply: {text[:40]!r}")
-    return int(digits), rest.strip()
+        return arg
+    if isinstance(arg, (bytes, bytearray)):
+        return bytes(arg).decode("utf-8", "surrogateescape")
+    raise TypeError(f"{what} must be str or bytes, not {type(arg).__name__}")
 
 
 class ClientProtocol:
     """The POP2 client state machine, without I/O."""
 
     def __init__(self) -> None:
-        self.state = State.CALL
-        self.waiting = True  # a reply (or message data) is due from the server
+        self._state = State.CALL
+        self._waiting = True  # a reply (or message data) is due from the server
         self.length: int | None = None  # the last =c announced
         self._buf = bytearray()
         self._left = 0  # message octets still due after RETR
         self._eof = False
 
-    # Commands: each returns the line to send, or raises LocalProtocolError.
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def waiting(self) -> bool:
+        """A reply (or message data) is due from the server."""
+        return self._waiting
+
+    # Commands: each returns the line to send, or raises LocalProtocolError and changes nothing.
 
     def helo(self, user: str | bytes, password: str | bytes) -> bytes:
-        self._check("HELO", State.CALL)
-        return self._send(State.NMBR, b"HELO", _quote(user, "user"), _quote(password, "password"))
+        return self.send(Helo(_text(user, "user"), _text(password, "password")))
 
     def fold(self, name: str | bytes) -> bytes:
-        self._check("FOLD", State.NMBR, State.SIZE)
-        return self._send(State.NMBR, b"FOLD", _quote(name, "mailbox"))
+        return self.send(Fold(_text(name, "mailbox")))
 
     def read(self, n: int | None = None) -> bytes:
-        self._check("READ", State.NMBR, State.SIZE)
-        if n is None:
-            return self._send(State.SIZE, b"READ")
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError("message number must be an int")
-        if n < 0:
-            raise LocalProtocolError("message number must not be negative")
-        return self._send(State.SIZE, b"READ", b"%d" % n)
+        return self.send(Read(n))
 
     def retr(self) -> bytes:
-        self._check("RETR", State.SIZE)
-        if not self.length:
-            raise LocalProtocolError("RETR of a message of zero characters")
-        line = self._send(State.XFER, b"RETR")
-        self._left = self.length
-        return line
+        return self.send(Retr())
 
     def acks(self) -> bytes:
-        self._check("ACKS", State.XFER)
-        return self._send(State.SIZE, b"ACKS")
+        return self.send(Acks())
 
     def ackd(self) -> bytes:
-        self._check("ACKD", State.XFER)
-        return self._send(State.SIZE, b"ACKD")
+        return self.send(Ackd())
 
     def nack(self) -> bytes:
-        self._check("NACK", State.XFER)
-        return self._send(State.SIZE, b"NACK")
+        return self.send(Nack())
 
     def quit(self) -> bytes:
-        self._check("QUIT", State.CALL, State.NMBR, State.SIZE)
-        return self._send(State.EXIT, b"QUIT")
+        return self.send(Quit())
 
-    def _check(self, word: str, *states: State) -> None:
-        if self.state not in states:
-            raise LocalProtocolError(f"{word} not allowed in state {self.state.name}")
-        if self.waiting:
-            raise LocalProtocolError(f"{word} not allowed while waiting for the server")
-
-    def _send(self, state: State, *words: bytes) -> bytes:
-        line = b" ".join(words) + b"\r\n"
-        if len(line) > MAX_COMMAND:
-            raise LocalProtocolError(f"command line longer than {MAX_COMMAND} octets")
-        self.state, self.waiting = state, True
+    def send(self, command: Command) -> bytes:
+        """The line for `command`, if the state allows it now; the state moves on."""
+        allowed, after = TABLE[command.word]
+        if self._state not in allowed:
+            raise LocalProtocolError(f"{command.word.value} not allowed in state {self._state.name}")
+        if self._waiting:
+            raise LocalProtocolError(f"{command.word.value} not allowed while waiting for the server")
+        if isinstance(command, Retr) and not self.length:
+            raise LocalProtocolError("RETR of a message of zero characters")
+        line = command.line()
+        if isinstance(command, Retr):
+            self._left = self.length or 0
+        self._state, self._waiting = after, True
         return line
 
     # Input.
@@ -224,24 +225,25 @@ class ClientProtocol:
         else:
             self._eof = True
 
-    def next_event(self) -> Event | _NeedData:
+    def next_event(self) -> Event | NeedData:
         """Return the next event, or NEED_DATA when more input is needed.
 
         A complete reply that arrives while no reply is due stays buffered until the
         next command is sent; only a `-` reply (such as an idle logout) is delivered.
+        More than one reply line's worth of such input is a protocol error.
         """
-        if self.state is State.ERROR:
+        if self._state is State.ERROR:
             raise RemoteProtocolError("the server broke the protocol earlier")
         try:
             return self._next()
         except RemoteProtocolError:
-            self.state, self.waiting = State.ERROR, False
+            self._state, self._waiting = State.ERROR, False
             raise
 
-    def _next(self) -> Event | _NeedData:
-        if self.state is State.XFER and self.waiting:
+    def _next(self) -> Event | NeedData:
+        if self._state is State.XFER and self._waiting:
             if not self._left:
-                self.waiting = False
+                self._waiting = False
                 return DataEnd()
             if not self._buf:
                 return self._end_or_need()
@@ -249,45 +251,42 @@ class ClientProtocol:
             del self._buf[: len(chunk)]
             self._left -= len(chunk)
             return Data(chunk)
-        end = self._buf.find(b"\n", 0, MAX_REPLY)
-        if end < 0:
-            if len(self._buf) >= MAX_REPLY:
-                raise RemoteProtocolError(f"reply line longer than {MAX_REPLY} octets")
+        found = split_line(self._buf, MAX_REPLY_LINE)
+        if found is None:
+            if len(self._buf) >= MAX_REPLY_LINE:
+                raise RemoteProtocolError(f"reply line longer than {MAX_REPLY_LINE} octets")
             return self._end_or_need()
-        line = bytes(self._buf[:end])
-        line = line[:-1] if line.endswith(b"\r") else line
-        if not self.waiting and not line.startswith(b"-"):
+        line, used = found
+        if not self._waiting and not line.startswith(b"-"):
+            if len(self._buf) > MAX_REPLY_LINE:
+                raise RemoteProtocolError("the server sent more than a reply while none was due")
             return self._end_or_need()
-        del self._buf[: end + 1]
-        return self._reply(line.decode("utf-8", "replace"))
+        del self._buf[:used]
+        return self._reply(line)
 
-    def _end_or_need(self) -> Closed | _NeedData:
+    def _end_or_need(self) -> Closed | NeedData:
         if not self._eof:
             return NEED_DATA
-        self.state, self.waiting = State.EXIT, False
+        self._state, self._waiting = State.EXIT, False
         return Closed()
 
-    def _reply(self, text: str) -> Event:
-        kind, rest = text[:1], text[1:]
-        if not kind or kind not in "+-#=":
-            raise RemoteProtocolError(f"reply does not start with + - # =: {text[:40]!r}")
-        if kind == "-":
-            self.state, self.waiting = State.EXIT, False
-            return Error(rest.strip())
-        if kind != _EXPECTED.get(self.state):
-            raise RemoteProtocolError(f"unexpected {kind!r} reply in state {self.state.name}")
-        self.waiting = False
-        if kind == "+":
-            if self.state is State.CALL:
-                words = rest.split()
-                host = words[1] if len(words) > 1 and words[0] == "POP2" else None
-                return Greeting(rest.strip(), host)
-            return Ok(rest.strip())
-        number, rest = _number(rest)
-        if kind == "#":
-            return Count(number, rest)
-        self.length = number
-        return Length(number, rest)
+    def _reply(self, line: bytes) -> Event:
+        reply = parse_reply(line)
+        if reply.kind == "-":
+            self._state, self._waiting = State.EXIT, False
+            return Error(reply.text)
+        if reply.kind != EXPECTED.get(self._state):
+            raise RemoteProtocolError(f"unexpected {reply.kind!r} reply in state {self._state.name}")
+        self._waiting = False
+        if reply.kind == "+":
+            if self._state is State.CALL:
+                return Greeting(reply.text, greeting_host(reply.text))
+            return Ok(reply.text)
+        assert reply.number is not None  # parse_reply sets it for # and =
+        if reply.kind == "#":
+            return Count(reply.number, reply.text)
+        self.length = reply.number
+        return Length(reply.number, reply.text)
 
 
 class _Wrapper:
@@ -314,7 +313,7 @@ class _Wrapper:
             raise
 
     @staticmethod
-    def _expect(event: Event | _NeedData, kind: type) -> Event:
+    def _expect(event: Event, kind: type[E]) -> E:
         if isinstance(event, Error):
             raise Pop2Error(event.text)
         if isinstance(event, Closed):
@@ -366,8 +365,9 @@ class AsyncClient(_Wrapper):
         with self._guard():
             await self._send(line)
             while not isinstance(event := await self._event(), DataEnd):
-                fileobj.write(self._expect(event, Data).data)
-                total += len(event.data)
+                data = self._expect(event, Data).data
+                fileobj.write(data)
+                total += len(data)
         return total
 
     async def acks(self) -> int:
@@ -403,12 +403,12 @@ class AsyncClient(_Wrapper):
         await asyncio.wait_for(self._writer.drain(), self.timeout)
 
     async def _event(self) -> Event:
-        while (event := self.protocol.next_event()) is NEED_DATA:
+        while isinstance(event := self.protocol.next_event(), NeedData):
             data = await asyncio.wait_for(self._reader.read(CHUNK), self.timeout)
             self.protocol.receive_data(data)
         return event
 
-    async def _call(self, line: bytes | None, kind: type) -> Event:
+    async def _call(self, line: bytes | None, kind: type[E]) -> E:
         with self._guard():
             if line is not None:
                 await self._send(line)
@@ -455,8 +455,9 @@ class Client(_Wrapper):
         with self._guard():
             self._sock.sendall(line)
             while not isinstance(event := self._event(), DataEnd):
-                fileobj.write(self._expect(event, Data).data)
-                total += len(event.data)
+                data = self._expect(event, Data).data
+                fileobj.write(data)
+                total += len(data)
         return total
 
     def acks(self) -> int:
@@ -485,11 +486,11 @@ class Client(_Wrapper):
     _abort = close
 
     def _event(self) -> Event:
-        while (event := self.protocol.next_event()) is NEED_DATA:
+        while isinstance(event := self.protocol.next_event(), NeedData):
             self.protocol.receive_data(self._sock.recv(CHUNK))
         return event
 
-    def _call(self, line: bytes | None, kind: type) -> Event:
+    def _call(self, line: bytes | None, kind: type[E]) -> E:
         with self._guard():
             if line is not None:
                 self._sock.sendall(line)

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from pop2gate.pop2.server import (
+from pop2gate.pop2.server import NEED_DATA, TABLE, Answer, ProtocolViolation, ServerProtocol, State
+from pop2gate.pop2.wire import (
     MAX_LINE,
-    NEED_DATA,
-    TEXT,
-    TRANSITIONS,
-    Command,
+    Ackd,
+    Acks,
     Fold,
     Helo,
     LocalProtocolError,
-    ProtocolViolation,
+    Nack,
+    Quit,
     Read,
-    ServerProtocol,
-    Simple,
-    State,
+    Reason,
+    Retr,
     unquote,
+)
+from pop2gate.pop2.wire import (
+    Word as Command,
 )
 
 LIVE_STATES = [State.AUTH, State.MBOX, State.ITEM, State.NEXT]
@@ -33,7 +35,7 @@ COMMAND_LINES = {
     Command.QUIT: b"QUIT\r\n",
 }
 EXPECTED = {
-    # the table of POP2.md "States", written out independently of TRANSITIONS
+    # the table of POP2.md "States", written out independently of TABLE
     (State.AUTH, Command.HELO): State.MBOX,
     (State.AUTH, Command.QUIT): State.DONE,
     (State.MBOX, Command.FOLD): State.MBOX,
@@ -47,11 +49,23 @@ EXPECTED = {
     (State.NEXT, Command.ACKD): State.ITEM,
     (State.NEXT, Command.NACK): State.ITEM,
 }
+ANSWERS = {  # POP2.md "Commands": the reply each success sends
+    Command.HELO: Answer.COUNT, Command.FOLD: Answer.COUNT, Command.READ: Answer.LENGTH,
+    Command.RETR: Answer.DATA, Command.ACKS: Answer.LENGTH, Command.ACKD: Answer.LENGTH,
+    Command.NACK: Answer.LENGTH, Command.QUIT: Answer.BYE,
+}
+LENGTH = 10  # the =c the helpers announce
 
 
 def in_state(state: State) -> ServerProtocol:
+    """A machine driven into `state` the way a session drives it."""
     p = ServerProtocol()
-    p.state = state
+    path = {State.AUTH: [], State.MBOX: [b"HELO u p\r\n"], State.ITEM: [b"HELO u p\r\n", b"READ 1\r\n"],
+            State.NEXT: [b"HELO u p\r\n", b"READ 1\r\n", b"RETR\r\n"], State.DONE: [b"QUIT\r\n"]}[state]
+    for line in path:
+        feed(p, line)
+        succeed(p, p.pending)
+    assert p.state is state
     return p
 
 
@@ -63,17 +77,23 @@ def feed(p: ServerProtocol, data: bytes):
 def succeed(p: ServerProtocol, command: Command) -> bytes:
     """Send the success reply a session would send for `command`."""
     if command in (Command.HELO, Command.FOLD):
-        return p.reply_count(3, "INBOX")
+        return p.send_count(3, "INBOX")
     if command in (Command.READ, Command.ACKS, Command.ACKD, Command.NACK):
-        return p.reply_length(10, 1)
+        return p.send_length(LENGTH, 1)
     if command is Command.RETR:
-        p.start_data()
-        return b""
-    return p.reply_bye()
+        data = p.send_data(b"x" * p.announced)
+        p.end_data()
+        return data
+    return p.send_bye()
 
 
 def test_table_matches_spec():
-    assert TRANSITIONS == EXPECTED
+    assert TABLE == {key: (ANSWERS[key[1]], after) for key, after in EXPECTED.items()}
+
+
+def test_state_is_read_only():
+    with pytest.raises(AttributeError):
+        ServerProtocol().state = State.ITEM  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("state", LIVE_STATES, ids=lambda s: s.value)
@@ -89,7 +109,7 @@ def test_every_command_in_every_state(state: State, command: Command):
         assert p.pending is None
     else:
         assert isinstance(event, ProtocolViolation)
-        assert event.key == "wrong_state"
+        assert event.reason is Reason.WRONG_STATE
         assert event.reply == f"- {command.value} not allowed now\r\n".encode()
         assert p.state is State.DONE
 
@@ -97,7 +117,7 @@ def test_every_command_in_every_state(state: State, command: Command):
 @pytest.mark.parametrize("state", LIVE_STATES, ids=lambda s: s.value)
 def test_failure_reply_always_ends(state: State):
     p = in_state(state)
-    assert p.reply_error("bad_login") == b"- Bad login\r\n"
+    assert p.send_error(Reason.BAD_LOGIN) == b"- Bad login\r\n"
     assert p.state is State.DONE
     with pytest.raises(LocalProtocolError):
         p.next_event()
@@ -108,7 +128,11 @@ def test_events_and_arguments():
     assert feed(in_state(State.MBOX), b"FOLD Archive/2024\r\n") == Fold("Archive/2024")
     assert feed(in_state(State.MBOX), b"READ\r\n") == Read(None)
     assert feed(in_state(State.MBOX), b"READ 42\r\n") == Read(42)
-    assert feed(in_state(State.ITEM), b"RETR\r\n") == Simple(Command.RETR)
+    assert feed(in_state(State.ITEM), b"RETR\r\n") == Retr()
+    assert feed(in_state(State.NEXT), b"ACKS\r\n") == Acks()
+    assert feed(in_state(State.NEXT), b"ACKD\r\n") == Ackd()
+    assert feed(in_state(State.NEXT), b"NACK\r\n") == Nack()
+    assert feed(in_state(State.ITEM), b"QUIT\r\n") == Quit()
 
 
 @pytest.mark.parametrize("line", [b"helo a b\r\n", b"Helo a b\r\n", b"hElO a b\r\n"])
@@ -171,14 +195,14 @@ def test_malformed(state, line, key):
     p = in_state(state)
     event = feed(p, line)
     assert isinstance(event, ProtocolViolation), event
-    assert event.key == key
+    assert event.reason is Reason[key.upper()]
     assert event.reply.startswith(b"- ") and event.reply.endswith(b"\r\n")
     assert p.state is State.DONE
 
 
 def test_trailing_spaces_tolerated_on_bare_commands():
     assert feed(in_state(State.MBOX), b"READ 3 \r\n") == Read(3)
-    assert feed(in_state(State.MBOX), b"QUIT  \r\n") == Simple(Command.QUIT)
+    assert feed(in_state(State.MBOX), b"QUIT  \r\n") == Quit()
 
 
 def test_line_of_exactly_512_octets_is_accepted():
@@ -193,7 +217,7 @@ def test_line_of_513_octets_is_too_long():
     assert len(line) == MAX_LINE + 1
     p = in_state(State.AUTH)
     event = feed(p, line)
-    assert isinstance(event, ProtocolViolation) and event.key == "too_long"
+    assert isinstance(event, ProtocolViolation) and event.reason is Reason.TOO_LONG
     assert event.reply == b"- Command line too long\r\n"
 
 
@@ -203,7 +227,7 @@ def test_long_line_detected_without_waiting_for_its_end():
     assert p.next_event() is NEED_DATA
     p.receive_data(b"A" * 300)
     event = p.next_event()
-    assert isinstance(event, ProtocolViolation) and event.key == "too_long"
+    assert isinstance(event, ProtocolViolation) and event.reason is Reason.TOO_LONG
 
 
 def test_split_and_pipelined_input():
@@ -213,10 +237,10 @@ def test_split_and_pipelined_input():
         assert p.next_event() is NEED_DATA
     p.receive_data(b"\r\nREAD\r\nRETR\r\n")
     assert p.next_event() == Helo("a", "b")
-    p.reply_count(1, "INBOX")
+    p.send_count(1, "INBOX")
     assert p.next_event() == Read(None)
-    p.reply_length(5, 1)
-    assert p.next_event() == Simple(Command.RETR)
+    p.send_length(5, 1)
+    assert p.next_event() == Retr()
 
 
 def test_must_reply_before_next_command():
@@ -231,7 +255,7 @@ def test_reply_of_wrong_kind_is_refused():
     p = in_state(State.AUTH)
     feed(p, b"HELO a b\r\n")
     with pytest.raises(LocalProtocolError):
-        p.reply_length(1, 1)
+        p.send_length(1, 1)
 
 
 def test_reply_formats():
@@ -239,24 +263,83 @@ def test_reply_formats():
     assert p.greeting("mail.test") == b"+ POP2 mail.test pop2gate server ready\r\n"
     assert p.greeting("mail.test", "1.2") == b"+ POP2 mail.test pop2gate 1.2 server ready\r\n"
     feed(p, b"HELO a b\r\n")
-    assert p.reply_count(2, "INBOX") == b"#2 messages in INBOX\r\n"
+    assert p.send_count(2, "INBOX") == b"#2 messages in INBOX\r\n"
     feed(p, b"FOLD x\r\n")
-    assert p.reply_count(1, "x") == b"#1 message in x\r\n"
+    assert p.send_count(1, "x") == b"#1 message in x\r\n"
     feed(p, b"READ\r\n")
-    assert p.reply_length(537, 1) == b"=537 characters in message 1\r\n"
+    assert p.send_length(537, 1) == b"=537 characters in message 1\r\n"
     feed(p, b"READ 9\r\n")
-    assert p.reply_length(0, 9) == b"=0 no message 9\r\n"
+    assert p.send_length(0, 9) == b"=0 no message 9\r\n"
     feed(p, b"QUIT\r\n")
-    assert p.reply_bye() == b"+ OK\r\n"
+    assert p.send_bye() == b"+ OK\r\n"
     assert p.state is State.DONE
 
 
 def test_every_reply_text_is_in_the_catalogue():
-    # all '-' reasons of the protocol come from TEXT; none is empty
-    assert all(TEXT.values())
-    assert TEXT["too_long"] == "Command line too long"
-    assert TEXT["autologout"] == "Autologout; idle for too long"
+    # all '-' reasons of the protocol come from Reason; none is empty, each is one line
+    assert all(r.value for r in Reason)
+    assert all(r.reply(Command.READ).line().count(b"\r\n") == 1 for r in Reason)
+    assert Reason.TOO_LONG.value == "Command line too long"
+    assert Reason.AUTOLOGOUT.value == "Autologout; idle for too long"
 
 
 def test_helo_repr_hides_password():
     assert "hunter2" not in repr(Helo("a", "hunter2"))
+
+
+# -- the data phase, counted in the core ------------------------------------------------
+
+
+def test_retr_sends_exactly_the_announced_octets():
+    p = in_state(State.ITEM)
+    assert feed(p, b"RETR\r\n") == Retr()
+    assert p.data_left == LENGTH
+    assert p.send_data(b"x" * 4) == b"x" * 4
+    assert p.data_left == LENGTH - 4
+    with pytest.raises(LocalProtocolError):
+        p.send_data(b"y" * (LENGTH - 3))  # one octet too many is refused, nothing counted
+    assert p.data_left == LENGTH - 4
+    with pytest.raises(LocalProtocolError):
+        p.end_data()  # six octets short
+    assert p.state is State.ITEM
+    p.send_data(b"x" * (LENGTH - 4))
+    p.end_data()
+    assert p.state is State.NEXT and p.data_left == 0
+
+
+def test_no_data_without_retr():
+    p = in_state(State.ITEM)
+    with pytest.raises(LocalProtocolError):
+        p.send_data(b"x")
+    with pytest.raises(LocalProtocolError):
+        p.end_data()
+
+
+def test_no_command_is_read_during_the_data_phase():
+    p = in_state(State.ITEM)
+    p.receive_data(b"RETR\r\nACKS\r\n")
+    assert p.next_event() == Retr()
+    with pytest.raises(LocalProtocolError):
+        p.next_event()
+
+
+@pytest.mark.parametrize("setup", [[b"HELO u p\r\n", b"READ 9\r\n"], [b"HELO u p\r\n", b"READ 1\r\n"]])
+def test_retr_after_zero_is_no_message(setup):
+    p = ServerProtocol()
+    feed(p, setup[0])
+    p.send_count(1, "INBOX")
+    feed(p, setup[1])
+    p.send_length(0, 9)
+    event = feed(p, b"RETR\r\n")
+    assert isinstance(event, ProtocolViolation) and event.reason is Reason.NO_MESSAGE
+    assert event.reply == b"- No message\r\n"
+    assert p.state is State.DONE
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "{imap.example}INBOX", "a/../b", "a//b", "./x", "x\x01"])
+def test_invalid_folder_name_is_refused_by_the_core(name):
+    p = in_state(State.MBOX)
+    event = feed(p, b"FOLD " + name.encode() + b"\r\n")
+    assert isinstance(event, ProtocolViolation)
+    assert event.reason in (Reason.BAD_FOLDER, Reason.BAD_CHAR)
+    assert p.state is State.DONE
