@@ -18,10 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from dovecot import HOST, USERS, Dovecot  # noqa: E402
-
-from run import Null, Serve, message, timed  # noqa: E402
-
 from pop2gate.pop2.client import Client  # noqa: E402
+from run import Null, Serve, message, timed  # noqa: E402
 
 
 def fill(dc: Dovecot, user: str, count: int, size: int) -> int:
@@ -118,9 +116,11 @@ def main() -> None:
     finally:
         dc.stop()
 
+    command = " ".join(["bench/imap.py", *sys.argv[1:]])
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"Dovecot on loopback ({'implicit TLS' if args.tls else 'plain IMAP'}); command: `{' '.join(['bench/imap.py'] + sys.argv[1:])}`\n")
-    print("| scenario | through pop2gate | direct imaplib | gateway time / direct time | gateway peak RSS (whole run) |")
+          f"Dovecot on loopback ({'implicit TLS' if args.tls else 'plain IMAP'}); command: `{command}`\n")
+    print("| scenario | through pop2gate | direct imaplib | gateway time / direct time "
+          "| gateway peak RSS (whole run) |")
     print("|---|---|---|---|---|")
     for name, got, t_gw, direct, t_direct, rss in rows:
         gw = f"{got / 1e6 / t_gw:.0f} MB/s ({t_gw:.2f} s)"

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from pop2gate.pop2.client import AsyncClient, Client
-from pop2gate.stores.wireform import CrlfEncoder
-from pop2gate.stores.maildir.users import set_password
 from pop2gate.stores.maildir import make_maildir
+from pop2gate.stores.maildir.users import set_password
+from pop2gate.stores.wireform import CrlfEncoder
 
 BIN = Path(sys.executable).parent
 
@@ -205,7 +205,8 @@ def main() -> None:
 
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"command: `{' '.join(['bench/run.py'] + sys.argv[1:])}`\n")
-    print("| scenario | through pop2gate | direct file read | gateway time / direct time | server peak RSS | messages |")
+    print("| scenario | through pop2gate | direct file read | gateway time / direct time "
+          "| server peak RSS | messages |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")

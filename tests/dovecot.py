@@ -130,7 +130,7 @@ class Dovecot:
         self.instance = f"pop2gate-test-{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Dovecot":
+    def start(self) -> Dovecot:
         if not os.access(DOVECOT, os.X_OK):
             raise DovecotError(f"{DOVECOT} missing: run scripts/install-test-deps.sh")
         uid, gid = _mail_uid()
@@ -225,6 +225,32 @@ class Dovecot:
                 flags = text.split("FLAGS (")[1].split(")")[0]
                 out[uid] = set(flags.split())
             return out
+        finally:
+            c.logout()
+
+    def bodies(self, user: str, folder: str = "INBOX") -> dict[int, bytes]:
+        """UID -> stored octets of every message, including \\Deleted ones (read with PEEK)."""
+        c = self.imap(user)
+        try:
+            typ, dat = c.select(_q(folder), readonly=True)
+            assert typ == "OK", dat
+            out: dict[int, bytes] = {}
+            for uid in self.uids(user, folder):
+                typ, data = c.uid("FETCH", str(uid), "(BODY.PEEK[])")
+                assert typ == "OK" and isinstance(data[0], tuple), data
+                out[uid] = data[0][1]
+            return out
+        finally:
+            c.logout()
+
+    def expunge(self, user: str, uid: int, folder: str = "INBOX") -> None:
+        """Remove one message, as another client would."""
+        c = self.imap(user)
+        try:
+            typ, dat = c.select(_q(folder))
+            assert typ == "OK", dat
+            c.uid("STORE", str(uid), "+FLAGS.SILENT", r"(\Deleted)")
+            c.expunge()
         finally:
             c.logout()
 

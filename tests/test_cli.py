@@ -176,7 +176,7 @@ def test_fetch_bad_login_exits_1(serving):
 
 
 def test_demo_serves_a_full_session(tmp_path):
-    """`pop2gate demo`: HELO, FOLD, READ, RETR, ACKS, ACKD, NACK and QUIT as POP2.md says."""
+    """`pop2gate demo`: HELO, FOLD, READ, RETR, ACKS, ACKD, NACK and QUIT as docs/protocol.md says."""
     from pop2gate.demo import DEMO_ADDRESS
     from pop2gate.pop2.client import Client
 

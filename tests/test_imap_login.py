@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
-import threading
 
 import pytest
 
-from pop2gate.config import ImapBackend, Limits
+from helpers import ScriptConn, ScriptedServer
+from pop2gate.config import Limits
 from pop2gate.stores.base import Peer, StoreError
-from pop2gate.stores.imap import ImapStore
+from pop2gate.stores.imap import ImapBackend, ImapStore, split_master
 
 LITERAL = re.compile(rb"\{(\d+)(\+?)\}$")
 
 
-class ScriptedImap:
-    """Accepts connections on loopback; records each command with its literals."""
+class ImapScript:
+    """A ScriptedServer's script playing an IMAP server; records each command with its literals."""
 
     def __init__(self, caps: str = "IMAP4rev1 LITERAL+ ID", login_ok: bool = False,
                  body: bytes = b"", claimed: int = 0):
@@ -29,22 +28,11 @@ class ScriptedImap:
         self.login_ok = login_ok
         self.body, self.claimed = body, claimed  # one message, UID 7, and the size we claim
         self.commands: list[bytes] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
-
-    def _read_command(self, f, conn) -> bytes | None:
+    def _read_command(self, conn: ScriptConn) -> bytes | None:
         out = b""
         while True:
-            line = f.readline()
+            line = conn.readline()
             if not line:
                 return None
             out += line
@@ -52,32 +40,30 @@ class ScriptedImap:
             if not m:
                 return out
             if not m.group(2):
-                conn.sendall(b"+ go on\r\n")
-            out += f.read(int(m.group(1)))
+                conn.send(b"+ go on\r\n")
+            out += conn.read(int(m.group(1)))
 
-    def _session(self, conn: socket.socket) -> None:
-        f = conn.makefile("rb")
-        conn.sendall(b"* OK scripted server ready\r\n")
-        with conn:
-            while (cmd := self._read_command(f, conn)) is not None:
-                self.commands.append(cmd)
-                tag, _, rest = cmd.partition(b" ")
-                verb = rest.split(b" ", 1)[0].rstrip(b"\r\n").upper()
-                if verb == b"CAPABILITY":
-                    conn.sendall(b"* CAPABILITY " + self.caps.encode() + b"\r\n" + tag + b" OK done\r\n")
-                elif verb == b"ID":
-                    conn.sendall(b"* ID NIL\r\n" + tag + b" OK done\r\n")
-                elif verb == b"LOGIN" and self.login_ok:
-                    conn.sendall(tag + b" OK logged in\r\n")
-                elif verb == b"LOGIN":
-                    conn.sendall(tag + b" NO [AUTHENTICATIONFAILED] nope\r\n")
-                elif verb in (b"SELECT", b"LIST", b"UID"):
-                    conn.sendall(self._mailbox(verb, rest.rstrip(b"\r\n")) + tag + b" OK done\r\n")
-                elif verb == b"LOGOUT":
-                    conn.sendall(b"* BYE bye\r\n" + tag + b" OK done\r\n")
-                    return
-                else:
-                    conn.sendall(tag + b" BAD unexpected\r\n")
+    def __call__(self, conn: ScriptConn) -> None:
+        conn.send(b"* OK scripted server ready\r\n")
+        while (cmd := self._read_command(conn)) is not None:
+            self.commands.append(cmd)
+            tag, _, rest = cmd.partition(b" ")
+            verb = rest.split(b" ", 1)[0].rstrip(b"\r\n").upper()
+            if verb == b"CAPABILITY":
+                conn.send(b"* CAPABILITY " + self.caps.encode() + b"\r\n" + tag + b" OK done\r\n")
+            elif verb == b"ID":
+                conn.send(b"* ID NIL\r\n" + tag + b" OK done\r\n")
+            elif verb == b"LOGIN" and self.login_ok:
+                conn.send(tag + b" OK logged in\r\n")
+            elif verb == b"LOGIN":
+                conn.send(tag + b" NO [AUTHENTICATIONFAILED] nope\r\n")
+            elif verb in (b"SELECT", b"LIST", b"UID"):
+                conn.send(self._mailbox(verb, rest.rstrip(b"\r\n")) + tag + b" OK done\r\n")
+            elif verb == b"LOGOUT":
+                conn.send(b"* BYE bye\r\n" + tag + b" OK done\r\n")
+                return
+            else:
+                conn.send(tag + b" BAD unexpected\r\n")
 
     def _mailbox(self, verb: bytes, rest: bytes) -> bytes:
         if verb == b"SELECT":
@@ -87,6 +73,7 @@ class ScriptedImap:
         if b"RFC822.SIZE" in rest:
             return b"* 1 FETCH (UID 7 RFC822.SIZE %d FLAGS ())\r\n" % self.claimed
         m = re.search(rb"BODY\.PEEK\[\](?:<(\d+)\.(\d+)>)?", rest)
+        assert m is not None, rest
         start = int(m.group(1) or 0)
         part = self.body[start:start + int(m.group(2))] if m.group(1) else self.body
         origin = b"<%d>" % start if m.group(1) else b""
@@ -95,25 +82,33 @@ class ScriptedImap:
     def sent(self, verb: bytes) -> list[bytes]:
         return [c.split(b" ", 1)[1] for c in self.commands if c.split(b" ", 2)[1].upper() == verb]
 
-    def close(self) -> None:
-        self.sock.close()
+
+def imap_backend(server: ScriptedServer, tls: str = "none") -> ImapBackend:
+    return ImapBackend(name="s", type="imap", url=f"imap://127.0.0.1:{server.port}", tls=tls, timeout=5)
 
 
 @pytest.fixture
 async def scripted():
-    made = []
+    made: list[tuple[ScriptedServer, ImapStore]] = []
 
-    async def make(limits: Limits | None = None, **kw):
-        server = ScriptedImap(**kw)
-        store = ImapStore(ImapBackend(name="s", type="imap", url=f"imap://127.0.0.1:{server.port}",
-                                      tls="none", timeout=5), limits or Limits())
+    async def make(limits: Limits | None = None, uw_compat: bool = False, **kw) -> tuple[ImapScript, ImapStore]:
+        script = ImapScript(**kw)
+        server = ScriptedServer(script)
+        store = ImapStore(imap_backend(server), limits or Limits(), uw_compat=uw_compat)
         made.append((server, store))
-        return server, store
+        return script, store
 
     yield make
     for server, store in made:
         await store.aclose()
         server.close()
+
+
+def test_split_master():
+    assert split_master("alice") == ("", "alice")
+    assert split_master("alice*admin") == ("alice", "admin")
+    assert split_master("*admin") is None
+    assert split_master("alice*") is None
 
 
 @pytest.mark.parametrize("user,password,wire", [
@@ -124,49 +119,50 @@ async def scripted():
     ("alice", "{5}", b'LOGIN "alice" "{5}"\r\n'),
 ])
 async def test_login_arguments_are_quoted_or_literal(scripted, user, password, wire):
-    server, store = await scripted()
+    script, store = await scripted()
     assert await store.login(user, password, Peer("127.0.0.9", 4242)) is None
-    assert server.sent(b"LOGIN") == [wire]
+    assert script.sent(b"LOGIN") == [wire]
 
 
 async def test_id_carries_the_client_address_before_login(scripted):
-    server, store = await scripted()
+    script, store = await scripted()
     await store.login("alice", "pw", Peer("::ffff:127.0.0.9", 4242))
-    verbs = [c.split(b" ")[1].rstrip(b"\r\n") for c in server.commands]
+    verbs = [c.split(b" ")[1].rstrip(b"\r\n") for c in script.commands]
     assert verbs.index(b"ID") < verbs.index(b"LOGIN")
-    assert server.sent(b"ID") == [b'ID ("x-originating-ip" "127.0.0.9" "x-originating-port" "4242")\r\n']
+    assert script.sent(b"ID") == [b'ID ("x-originating-ip" "127.0.0.9" "x-originating-port" "4242")\r\n']
 
 
 async def test_no_id_without_the_capability_or_a_real_address(scripted):
-    server, store = await scripted(caps="IMAP4rev1")
+    script, store = await scripted(caps="IMAP4rev1")
     await store.login("alice", "pw", Peer("127.0.0.9", 1))
-    server2, store2 = await scripted()
+    script2, store2 = await scripted()
     await store2.login("alice", "pw", Peer("stdio", 0))
-    assert server.sent(b"ID") == [] and server2.sent(b"ID") == []
+    assert script.sent(b"ID") == [] and script2.sent(b"ID") == []
 
 
 async def test_master_login_needs_sasl_plain(scripted):
-    server, store = await scripted()
+    script, store = await scripted()
     assert await store.login("alice*admin", "pw", Peer("127.0.0.9", 1)) is None
-    assert server.sent(b"LOGIN") == []
+    assert script.sent(b"LOGIN") == []
 
 
 async def test_non_ascii_user_without_literal_plus_is_refused_locally(scripted):
-    server, store = await scripted(caps="IMAP4rev1")
+    script, store = await scripted(caps="IMAP4rev1")
     assert await store.login("j\u00fcrgen", "pw", Peer("127.0.0.9", 1)) is None
-    assert server.sent(b"LOGIN") == []
+    assert script.sent(b"LOGIN") == []
 
 
-async def test_starttls_required_when_configured(scripted):
-    server, _ = await scripted(caps="IMAP4rev1")  # offers no STARTTLS
-    store = ImapStore(ImapBackend(name="s", type="imap", url=f"imap://127.0.0.1:{server.port}",
-                                  tls="starttls", timeout=5), Limits())
-    try:
-        with pytest.raises(StoreError):
-            await store.login("alice", "pw", Peer("127.0.0.9", 1))
-        assert server.sent(b"LOGIN") == []
-    finally:
-        await store.aclose()
+async def test_starttls_required_when_configured():
+    script = ImapScript(caps="IMAP4rev1")  # offers no STARTTLS
+    with ScriptedServer(script) as server:
+        store = ImapStore(imap_backend(server, tls="starttls"), Limits())
+        try:
+            with pytest.raises(StoreError):
+                await store.login("alice", "pw", Peer("127.0.0.9", 1))
+            assert server.connections == 1
+            assert script.sent(b"LOGIN") == []
+        finally:
+            await store.aclose()
 
 
 BODY = b"Subject: x\r\n\r\n" + b"0123456789" * 1000 + b"\r\n"
@@ -200,4 +196,22 @@ async def test_honest_sizes_stream_whole(scripted):
     async for piece in box.fetch(ref):
         out += piece
     assert out == BODY
+    await box.close()
+
+
+@pytest.mark.parametrize("chunk", [4096, 1 << 20])  # partial fetches, and one whole fetch
+async def test_uw_form_across_pieces(scripted, chunk):
+    head = b"X: " + b"h" * 1019 + b"\r\n"  # 1024 octets: the blank line straddles the first piece
+    body = head + b"\r\n" + b"0123456789" * 1000  # and the last line has no end
+    limits = Limits(imap_fetch_chunk=chunk, imap_fetch_memory=1 << 20, retr_chunk_size=1024)
+    _, store = await scripted(limits=limits, uw_compat=True, login_ok=True, caps="IMAP4rev1", body=body,
+                              claimed=len(body))
+    box = await store.login("alice", "pw", Peer("127.0.0.9", 1))
+    [ref] = await box.select("INBOX")
+    wire = head + b"Status:  O\r\n\r\n" + b"0123456789" * 1000 + b"\r\n" + b"\r\n"
+    assert await box.wire_size(ref) == len(wire)
+    out = b""
+    async for piece in box.fetch(ref):
+        out += piece
+    assert out == wire
     await box.close()

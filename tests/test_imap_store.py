@@ -11,10 +11,10 @@ import time
 import pytest
 
 from dovecot import HOST, MASTER, OTHER_HOST, USERS
-from pop2gate.config import ImapBackend, Limits
+from pop2gate.config import Limits
 from pop2gate.stores.base import Peer, StoreError
 from pop2gate.stores.folders import encode_mutf7
-from pop2gate.stores.imap import ImapStore
+from pop2gate.stores.imap import ImapBackend, ImapStore, imap_name
 
 PEER = Peer("127.0.0.1", 40000)
 _peers = itertools.count(1)
@@ -26,14 +26,14 @@ def fresh_peer() -> Peer:
     return Peer(f"127.1.{n // 250}.{n % 250 + 1}", 40000 + n)
 
 
-def make_store(dovecot, *, tls="none", host=HOST, ca=True, limits=None, **extra) -> ImapStore:
+def make_store(dovecot, *, tls="none", host=HOST, ca=True, limits=None, uw_compat=False, **extra) -> ImapStore:
     if tls == "implicit":
         url = f"imaps://{host}:{dovecot.tls_port}"
     else:
         url = f"imap://{host}:{dovecot.port}"
     backend = ImapBackend(name="dc", type="imap", url=url, tls=tls,
                           ca_file=dovecot.ca_file if ca and tls != "none" else None, **extra)
-    return ImapStore(backend, limits or Limits())
+    return ImapStore(backend, limits or Limits(), uw_compat=uw_compat)
 
 
 @pytest.fixture
@@ -187,7 +187,7 @@ async def test_master_user_login(dovecot, store):
 async def test_id_sends_client_address(dovecot, store):
     box = await store.login("alice", USERS["alice"], Peer("127.0.0.9", 4242))
     await box.close()
-    lines = [l for l in dovecot.log().splitlines() if "Login: user=<alice>" in l and "rip=127.0.0.9" in l]
+    lines = [line for line in dovecot.log().splitlines() if "Login: user=<alice>" in line and "rip=127.0.0.9" in line]
     assert lines, "Dovecot did not log the forwarded client address"
 
 
@@ -214,10 +214,21 @@ async def test_folders(dovecot, store):
     assert await box.select("Nope") == []
     assert await box.select("Archive.2024") == []  # a level holding the server's separator
     assert await box.select('INBOX" DELETE "Archive') == []
-    assert await box.select("{evil}") == []  # already refused by the session; refused here too
+    assert await box.select("{evil}") == []  # the session refuses it; here it is a folder Dovecot lacks
     assert len(await box.select("inbox")) == len(dovecot.uids("alice"))
     await box.close()
     assert dovecot.uids("alice", "Archive.2024")
+
+
+def test_imap_names():
+    assert imap_name("inbox", ".") == "INBOX" and imap_name("INBOX", None) == "INBOX"
+    assert imap_name("Archive/2024", ".") == "Archive.2024"
+    assert imap_name("Archive/2024", "/") == "Archive/2024"
+    assert imap_name("Archive/2024", None) is None  # a flat server has no levels
+    assert imap_name("Archive", None) == "Archive"
+    assert imap_name("Archive.2024", ".") is None  # a level holding the server's delimiter
+    assert imap_name("a.b", "/") == "a.b"
+    assert imap_name("Entw\u00fcrfe & Co/x", ".") == "Entw&APw-rfe &- Co.x"
 
 
 async def test_tls_implicit_and_starttls(dovecot):
@@ -319,3 +330,46 @@ async def test_bye_mid_session_is_a_store_error(dovecot, store):
         await box.release(refs)
     await box.close()
     assert list(dovecot.uids("carol")) == [uid]
+
+
+UW = [
+    (b"Subject: x\r\n\r\nbody\r\n", "", b"Subject: x\r\nStatus:  O\r\n\r\nbody\r\n\r\n"),
+    (b"Subject: x\r\n\r\nbody\r\n", "\\Seen", b"Subject: x\r\nStatus: RO\r\n\r\nbody\r\n\r\n"),
+    (b"Subject: only a header\r\n", "", b"Subject: only a header\r\nStatus:  O\r\n\r\n"),
+    (b"Subject: x\r\n\r\n\r\n\r\nmore\r\n", "", b"Subject: x\r\nStatus:  O\r\n\r\n\r\n\r\nmore\r\n\r\n"),
+    (b"Subject: x\r\n\r\nno end", "\\Seen", b"Subject: x\r\nStatus: RO\r\n\r\nno end\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize("stored,flags,wire", UW)
+async def test_uw_compat_status_and_trailer(dovecot, stored, flags, wire):
+    dovecot.clear("alice")
+    dovecot.append("alice", stored, flags=flags)
+    s = make_store(dovecot, uw_compat=True)
+    try:
+        box = await s.login("alice", USERS["alice"], PEER)
+        [ref] = await box.select("INBOX")
+        assert ref.seen is bool(flags)
+        assert await box.wire_size(ref) == len(wire)
+        assert await drain(box, ref) == wire
+        await box.close()
+    finally:
+        await s.aclose()
+
+
+async def test_uw_compat_over_partial_fetches(dovecot):
+    dovecot.clear("alice")
+    head = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 60) for i in range(100))  # header over 6 KiB
+    body = b"line of the body\r\n" * 2000
+    dovecot.append("alice", head + b"\r\n" + body)
+    s = make_store(dovecot, uw_compat=True,
+                   limits=Limits(imap_fetch_chunk=4096, imap_fetch_memory=8192, retr_chunk_size=1024))
+    try:
+        box = await s.login("alice", USERS["alice"], PEER)
+        [ref] = await box.select("INBOX")
+        wire = head + b"Status:  O\r\n\r\n" + body + b"\r\n"
+        assert await box.wire_size(ref) == len(wire)
+        assert await drain(box, ref) == wire
+        await box.close()
+    finally:
+        await s.aclose()

@@ -1,4 +1,4 @@
-"""POP2.md on the wire: raw byte transcripts against a real pop2gate listener."""
+"""docs/protocol.md on the wire: raw byte transcripts against a real pop2gate listener (the session)."""
 
 from __future__ import annotations
 
@@ -430,19 +430,6 @@ async def test_uw_compat_off_by_default(server, env):
     assert b"Status:" not in reply
 
 
-async def test_uw_compat_blank_line_split_across_chunks():
-    from pop2gate.uwcompat import add_status
-
-    message = b"A: 1\r\nB: 2\r\n\r\nbody\r\n"
-    expected = b"A: 1\r\nB: 2\r\nStatus:  O\r\n\r\nbody\r\n\r\n"
-    for size in range(1, len(message) + 1):
-        async def chunks():
-            for i in range(0, len(message), size):
-                yield message[i : i + size]
-
-        out = b"".join([c async for c in add_status(chunks(), seen=False)])
-        assert out == expected, size
-
 
 async def test_burst_of_connections_all_greeted(make_server):
     """300 clients connecting at once are all queued and greeted (listen_backlog)."""
@@ -458,7 +445,7 @@ async def test_burst_of_connections_all_greeted(make_server):
     assert all(line == GREETING for line in lines)
 
 
-# -- known clients (POP2.md "Known clients"), as transcripts ----------------------
+# -- known clients (docs/protocol.md "Known clients"), as transcripts -------------
 
 
 async def test_fetchmail_style_session(server, env, three):
@@ -545,3 +532,26 @@ async def test_message_removed_by_another_client_reads_zero(server, env, three):
     assert await read_line(reader) == b"=0 no message 2\r\n"
     assert await expect_closed(reader) == b"- No message\r\n"
     assert env.files("alice") == [three[0], three[2]]
+
+
+async def test_input_is_read_no_further_than_one_command_line(server, monkeypatch):
+    """The session asks the socket for no more than the rest of one command line."""
+    import asyncio as aio
+
+    asked: list[int] = []
+    real_read = aio.StreamReader.read
+
+    async def read(self, n=-1):
+        asked.append(n)
+        return await real_read(self, n)
+
+    monkeypatch.setattr(aio.StreamReader, "read", read)
+    reader, writer = await session(server)
+    writer.write(b"HELO ali")
+    await writer.drain()
+    await aio.sleep(0.2)
+    writer.write(b"ce wrong\r\n")
+    await writer.drain()
+    assert await expect_closed(reader) == b"- Bad login\r\n"
+    # the session's two command reads: a whole line's room, then room for the rest of the line only
+    assert asked[:2] == [512, 512 - len(b"HELO ali")]

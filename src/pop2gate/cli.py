@@ -10,8 +10,9 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import Config, ConfigError, MaildirBackend, load_config
+from .config import Config, ConfigError, load_config
 from .logs import LEVELS, setup_logging
+from .stores.maildir import MaildirBackend
 
 CONFIG_HELP = "TOML configuration file (see docs/configuration.md)."
 

@@ -1,20 +1,24 @@
 """The TOML configuration: parsed with tomllib, validated with pydantic.
 
-Every limit is a named setting here; docs/configuration.md lists them.
+Every limit is a named setting here; docs/configuration.md lists them. Each
+`[[backend]]` type's keys are its own model, found through `pop2gate.stores.registry`.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import functools
 import grp
+import operator
 import pwd
 import socket
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, Union
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from .stores.base import BackendConfig
+from .stores.registry import BACKENDS
 
 
 class ConfigError(Exception):
@@ -92,72 +96,18 @@ class Limits(_Model):
     expunge_without_uidplus: bool = False
 
     @model_validator(mode="after")
-    def _check_imap_memory(self) -> "Limits":
+    def _check_imap_memory(self) -> Limits:
         if self.imap_fetch_memory < self.imap_fetch_chunk:
             raise ValueError("imap_fetch_memory must be at least imap_fetch_chunk")
         return self
 
 
-class MaildirBackend(_Model):
-    name: str
-    type: Literal["maildir"]
-    path: Path
-    users_file: Path
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class ImapBackend(_Model):
-    """An IMAP server; TLS verified unless the operator says otherwise."""
-
-    name: str
-    type: Literal["imap"]
-    url: str
-    tls: Literal["implicit", "starttls", "none"] | None = None
-    ca_file: Path | None = None
-    timeout: float | None = Field(None, gt=0)
-    allow_plaintext: bool = False
-
-    @model_validator(mode="after")
-    def _check_url(self) -> "ImapBackend":
-        scheme, host, _ = self.address()
-        tls = self.tls_mode()
-        if scheme == "imaps" and tls != "implicit":
-            raise ValueError("imaps:// means tls = \"implicit\"; use imap:// for starttls or none")
-        if scheme == "imap" and tls == "implicit":
-            raise ValueError("tls = \"implicit\" needs an imaps:// url")
-        if tls == "none" and not self.allow_plaintext and not _is_loopback(host):
-            raise ValueError(f"tls = \"none\" to non-loopback host {host!r} needs allow_plaintext = true")
-        if self.ca_file is not None and not self.ca_file.is_file():
-            raise ValueError(f"ca_file {str(self.ca_file)!r} is not a readable file")
-        return self
-
-    def address(self) -> tuple[str, str, int]:
-        """(scheme, host, port) from the url."""
-        try:
-            u = urlsplit(self.url)
-            port = u.port
-        except ValueError:
-            raise ValueError(f"url {self.url!r} is not imaps://host[:port] or imap://host[:port]") from None
-        if (u.scheme not in ("imap", "imaps") or not u.hostname or u.username is not None
-                or u.path not in ("", "/") or u.query or u.fragment):
-            raise ValueError(f"url {self.url!r} is not imaps://host[:port] or imap://host[:port]")
-        return u.scheme, u.hostname, port or (993 if u.scheme == "imaps" else 143)
-
-    def tls_mode(self) -> str:
-        if self.tls is not None:
-            return self.tls
-        return "implicit" if self.url.lower().startswith("imaps:") else "starttls"
-
-
-Backend = Annotated[Union[MaildirBackend, ImapBackend], Field(discriminator="type")]
+if TYPE_CHECKING:
+    Backend = BackendConfig  # every entry is one, of the type its `type` names
+else:
+    # A `[[backend]]` table is validated against the model its `type` names.
+    Backend = Annotated[functools.reduce(operator.or_, (t.model for t in BACKENDS.values())),
+                        Field(discriminator="type")]
 
 
 class Routing(_Model):
@@ -173,7 +123,7 @@ class Config(_Model):
     routing: Routing
 
     @model_validator(mode="after")
-    def _check_names(self) -> "Config":
+    def _check_names(self) -> Config:
         names = [b.name for b in self.backend]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -186,9 +136,6 @@ class Config(_Model):
                     raise ValueError(f"routing.{table}.{key}: unknown backend {target!r}")
         return self
 
-    def backend_named(self, name: str) -> Backend:
-        return next(b for b in self.backend if b.name == name)
-
 
 def _describe(err: ValidationError) -> str:
     lines = []
@@ -199,7 +146,7 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def parse_config(data: dict) -> Config:
+def parse_config(data: dict[str, Any]) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:

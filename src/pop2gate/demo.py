@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from .config import Config, parse_config
-from .stores.maildir.users import read_users, set_password
 from .stores.maildir import make_maildir
+from .stores.maildir.users import read_users, set_password
 
 DEMO_ADDRESS = ("127.0.0.1", 1109)
 

@@ -1,4 +1,4 @@
-"""The MailStore interface every backend implements.
+"""The MailStore interface every backend implements, and the base of every backend's settings.
 
 A store authenticates a user and hands back a Mailbox: that user's view of
 their folders. Messages are named by a store-chosen id (a Maildir unique name,
@@ -8,13 +8,25 @@ changing the folder can never make a session touch the wrong message.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict
 
 
 class StoreError(Exception):
     """A backend failed. The message goes to the log; the client sees a generic reply."""
+
+
+class BackendConfig(BaseModel):
+    """One `[[backend]]` table. Each backend type narrows `type` to its own name (a Literal)
+    and adds its keys; `pop2gate.stores.registry` knows them all."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    type: str
 
 
 @dataclass(frozen=True)
@@ -44,18 +56,23 @@ class Mailbox(Protocol):
     async def select(self, folder: str) -> list[MessageRef]:
         """Open `folder` and return its messages, oldest first.
 
-        A folder that is missing or unreadable gives an empty list. The name
-        has already passed `pop2gate.folders.check_folder_name`.
+        A folder that is missing or unreadable gives an empty list. The name has
+        already passed `pop2gate.pop2.wire.folder_levels` (the session's check);
+        a store adds only its own rules.
         """
 
     async def wire_size(self, msg: MessageRef) -> int:
-        """Octets RETR will send for `msg` (CRLF line ends, last line ended).
+        """Octets RETR will send for `msg`: its wire form (`pop2gate.stores.wireform`),
+        with UW ipop2d's Status line and trailer when the store was built with uw_compat.
 
-        0 when the message is gone.
+        0 when the message is gone or empty.
         """
 
-    def fetch(self, msg: MessageRef) -> AsyncIterator[bytes]:
-        """Stream the message's wire octets in bounded chunks."""
+    def fetch(self, msg: MessageRef) -> AsyncGenerator[bytes, None]:
+        """Stream exactly the octets `wire_size` counted, in bounded chunks.
+
+        Raises StoreError when the message is gone or the backend fails.
+        """
 
     async def mark_seen(self, msg: MessageRef) -> None:
         """Flag `msg` as seen."""

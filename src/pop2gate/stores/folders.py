@@ -1,31 +1,14 @@
-"""Folder names as POP2 clients send them: validation and IMAP modified UTF-7.
+"""Folder names on their way into a store: INBOX, and IMAP modified UTF-7.
 
-A name is the user's own mailbox name: levels separated by "/", UTF-8 text.
-Anything that could reach outside the user's mail is refused here, once, for
-every store.
+Names arrive checked: the session lets through only names that passed
+`pop2gate.pop2.wire.folder_levels`, and a store splits a name into levels at
+`pop2gate.pop2.wire.FOLDER_SEPARATOR`. Rules of one store's own layout (a level
+holding "." in a Maildir, the server's delimiter on IMAP) stay in that store.
 """
 
 from __future__ import annotations
 
 import base64
-
-SEPARATOR = "/"
-
-
-class InvalidFolderName(ValueError):
-    """The name could reach outside the user's own folders."""
-
-
-def check_folder_name(name: str) -> list[str]:
-    """Return the name's levels, or raise InvalidFolderName."""
-    if not name or name[0] in "/{":
-        raise InvalidFolderName(name)
-    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in name):
-        raise InvalidFolderName(name)
-    levels = name.split(SEPARATOR)
-    if any(level in ("", ".", "..") for level in levels):
-        raise InvalidFolderName(name)
-    return levels
 
 
 def is_inbox(name: str) -> bool:
@@ -34,7 +17,8 @@ def is_inbox(name: str) -> bool:
 
 
 def encode_mutf7(text: str) -> str:
-    """Encode text as IMAP modified UTF-7 (RFC 3501 section 5.1.3)."""
+    """Encode text as IMAP modified UTF-7 (RFC 3501 section 5.1.3): how Dovecot names
+    folders on disk and on the wire."""
     out: list[str] = []
     pending: list[str] = []
 
@@ -51,26 +35,4 @@ def encode_mutf7(text: str) -> str:
         else:
             pending.append(ch)
     flush()
-    return "".join(out)
-
-
-def decode_mutf7(text: str) -> str:
-    """Decode IMAP modified UTF-7 back to text."""
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch != "&":
-            out.append(ch)
-            i += 1
-            continue
-        end = text.index("-", i)
-        chunk = text[i + 1 : end]
-        if not chunk:
-            out.append("&")
-        else:
-            b64 = chunk.replace(",", "/")
-            b64 += "=" * (-len(b64) % 4)
-            out.append(base64.b64decode(b64).decode("utf-16-be"))
-        i = end + 1
     return "".join(out)

@@ -1,5 +1,12 @@
-"""The IMAP store: a user's IMAP mailbox served over POP2."""
+"""The IMAP store: a user's IMAP mailbox served over POP2 (docs/imap.md).
 
-from .store import ByteBudget, ImapMailbox, ImapStore, split_master
+`config` the `[[backend]] type = "imap"` settings, `store` the asynchronous store the
+sessions use, `conn` one blocking imaplib connection, `wire` IMAP quoting and FETCH
+responses, `budget` the cap on message octets in memory.
+"""
 
-__all__ = ["ByteBudget", "ImapMailbox", "ImapStore", "split_master"]
+from .budget import ByteBudget
+from .config import ImapBackend
+from .store import ImapMailbox, ImapStore, imap_name, split_master
+
+__all__ = ["ByteBudget", "ImapBackend", "ImapMailbox", "ImapStore", "imap_name", "split_master"]

@@ -16,9 +16,11 @@ import ssl
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
-from .wire import ParseError, fetch_by_uid, list_delimiter, quotable, quote, uid_set
+from .config import TlsMode
+from .wire import FetchPiece, ParseError, fetch_by_uid, list_delimiter, quotable, quote, uid_set
 
 # imaplib only sends commands it knows; ID (RFC 2971) is valid in every state.
 imaplib.Commands.setdefault("ID", ("NONAUTH", "AUTH", "SELECTED"))
@@ -31,10 +33,12 @@ class ConnError(Exception):
     """The backend failed; the text is for the log and holds no secrets."""
 
 
-class _Bounded:
+class _IMAP4(imaplib.IMAP4):
     """Refuses a literal longer than `max_literal` instead of reading it into memory."""
 
     max_literal = 1 << 20
+    # imaplib sends a bytes `literal` as it is, which LOGIN needs; typeshed says str only.
+    literal: bytes | str | None  # type: ignore[assignment]
 
     def read(self, size: int) -> bytes:
         if size > self.max_literal:
@@ -42,12 +46,18 @@ class _Bounded:
         return super().read(size)
 
 
-class _IMAP4(_Bounded, imaplib.IMAP4):
+class _IMAP4_SSL(_IMAP4, imaplib.IMAP4_SSL):
     pass
 
 
-class _IMAP4_SSL(_Bounded, imaplib.IMAP4_SSL):
-    pass
+def tls_context(tls: TlsMode, ca_file: Path | None) -> ssl.SSLContext | None:
+    """The client context that verifies the server's certificate and host name (None: no TLS)."""
+    if tls == "none":
+        return None
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,7 @@ class Target:
 
     host: str
     port: int
-    tls: str  # "implicit" | "starttls" | "none"
+    tls: TlsMode
     ssl_context: ssl.SSLContext | None
     connect_timeout: float
     command_timeout: float
@@ -75,8 +85,9 @@ def _reason(err: BaseException) -> str:
 _FAILURES = (imaplib.IMAP4.error, OSError, EOFError, ParseError, ValueError)
 
 
-def connect(target: Target, peer: tuple[str, int] | None) -> "ImapConn":
+def connect(target: Target, peer: tuple[str, int] | None) -> ImapConn:
     """Connect, secure the connection as configured, and announce the client (ID)."""
+    imap: _IMAP4
     try:
         if target.tls == "implicit":
             imap = _IMAP4_SSL(target.host, target.port, ssl_context=target.ssl_context,
@@ -105,7 +116,7 @@ def connect(target: Target, peer: tuple[str, int] | None) -> "ImapConn":
 
 
 def open_session(target: Target, peer: tuple[str, int] | None,
-                 authz: str, authc: str, password: str) -> "ImapConn | None":
+                 authz: str, authc: str, password: str) -> ImapConn | None:
     """Connect and log in, in one go: None when the backend refused the credentials.
 
     One call, so a worker thread never leaves a half-open connection waiting
@@ -126,7 +137,7 @@ def open_session(target: Target, peer: tuple[str, int] | None,
 class ImapConn:
     """A connected imaplib client, used through the methods below only."""
 
-    def __init__(self, imap: imaplib.IMAP4):
+    def __init__(self, imap: _IMAP4) -> None:
         self._imap = imap
         self._lock = threading.Lock()
         self._broken = False
@@ -149,11 +160,13 @@ class ImapConn:
                 self._broken = True
                 raise ConnError(f"{what}: {_reason(err)}") from None
 
-    def _run(self, *args: str | bytes) -> tuple[str, bytes, list]:
+    def _run(self, *args: str | bytes) -> tuple[str, bytes, list[FetchPiece]]:
         """Send one command; return (status, tagged text, FETCH pieces)."""
         imap = self._imap
         imap.untagged_responses = {}
-        typ, dat = imap._simple_command(*args)
+        typ: str
+        dat: list[bytes | None]
+        typ, dat = imap._simple_command(*args)  # imaplib's own command runner (untyped)
         if "UIDVALIDITY" in imap.untagged_responses:
             # UIDs no longer name the messages they named at SELECT.
             raise ConnError("UIDVALIDITY changed during the session")
@@ -208,7 +221,7 @@ class ImapConn:
         getattr(self._imap, "_cmd_log", {}).clear()
 
     def _auth_plain(self, authz: str, authc: str, password: str) -> None:
-        payload = [f"{authz}\0{authc}\0{password}".encode("utf-8")]
+        payload = [f"{authz}\0{authc}\0{password}".encode()]
 
         def answer(_challenge: bytes) -> bytes | None:
             # The credentials go out once; a second challenge cancels the exchange.
@@ -225,13 +238,16 @@ class ImapConn:
             user_arg = b"{%d+}\r\n" % len(raw) + raw
         else:
             return False
+        typ: str
+        dat: list[bytes | None]
         if quotable(password):
             typ, dat = imap._simple_command("LOGIN", user_arg, quote(password))
         else:
             imap.literal = password.encode("utf-8")
             typ, dat = imap._simple_command("LOGIN", user_arg)
         if typ != "OK":
-            raise imaplib.IMAP4.error(dat[-1].decode("utf-8", "replace") if dat and dat[-1] else typ)
+            last = dat[-1] if dat else None
+            raise imaplib.IMAP4.error(last.decode("utf-8", "replace") if last else typ)
         return True
 
     # Folders
@@ -272,7 +288,7 @@ class ImapConn:
             typ, _, items = self._run("UID", "FETCH", "1:*", "(UID RFC822.SIZE FLAGS)")
             if typ != "OK":
                 raise ConnError(f"UID FETCH: {typ}")
-            out = []
+            out: list[tuple[int, int, bool]] = []
             for uid, data in fetch_by_uid(items).items():
                 size, flags = data.get("RFC822.SIZE"), data.get("FLAGS")
                 if not isinstance(size, str) or not size.isdigit() or not isinstance(flags, list):

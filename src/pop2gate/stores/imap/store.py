@@ -1,40 +1,37 @@
 """The IMAP store: a user's IMAP mailbox served over POP2.
 
-Blocking imaplib calls (pop2gate.imapconn) run in a thread pool the store
-owns, one IMAP connection per POP2 session. Messages are IMAP UIDs; bodies
-are read with BODY.PEEK[] (never marking them seen) in bounded pieces, and
-the bytes in flight across all sessions are capped by `imap_fetch_memory`.
+Blocking imaplib calls (`conn`) run in a thread pool the store owns, one IMAP
+connection per POP2 session. Messages are IMAP UIDs; bodies are read with
+BODY.PEEK[] (never marking them seen) in bounded pieces, and the bytes in flight
+across all sessions are capped by `imap_fetch_memory` (`budget`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar, TypeVarTuple
 
-from ...config import ImapBackend, Limits
-from ..folders import SEPARATOR, InvalidFolderName, check_folder_name, encode_mutf7, is_inbox
-from .conn import ConnError, ImapConn, Target, open_session
+from ...pop2.wire import FOLDER_SEPARATOR
 from ..base import MessageRef, Peer, StoreError
+from ..folders import encode_mutf7, is_inbox
+from ..wireform import WireForm, ended_size
+from .budget import ByteBudget
+from .config import ImapBackend
+from .conn import ConnError, ImapConn, Target, open_session, tls_context
+
+if TYPE_CHECKING:
+    from ...config import Limits
 
 log = logging.getLogger("pop2gate.imap")
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 UNAVAILABLE = "Mail server unavailable"
 FAILED = "Mail server error"
 SIZE_MISMATCH = "Message size changed on server"
-
-
-def _ssl_context(backend: ImapBackend) -> ssl.SSLContext | None:
-    if backend.tls_mode() == "none":
-        return None
-    ctx = ssl.create_default_context(cafile=str(backend.ca_file) if backend.ca_file else None)
-    ctx.check_hostname = True
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
 
 
 def split_master(login: str) -> tuple[str, str] | None:
@@ -45,45 +42,34 @@ def split_master(login: str) -> tuple[str, str] | None:
     return (user, admin) if sep else ("", user)
 
 
-class ByteBudget:
-    """Caps the message bytes held in memory at once by all sessions of the IMAP stores."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.used = 0
-        self._waiters: list[asyncio.Future] = []
-
-    async def acquire(self, n: int) -> None:
-        n = min(n, self.limit)
-        while self.used + n > self.limit:
-            fut = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-            try:
-                await fut
-            finally:
-                if fut in self._waiters:
-                    self._waiters.remove(fut)
-        self.used += n
-
-    def release(self, n: int) -> None:
-        self.used -= min(n, self.limit)
-        for fut in self._waiters:
-            if not fut.done():
-                fut.set_result(None)
+def imap_name(folder: str, delimiter: str | None) -> str | None:
+    """The IMAP name of a POP2 folder name on a server with `delimiter` (None: flat),
+    None when it names no folder there."""
+    if is_inbox(folder):
+        return "INBOX"
+    levels = folder.split(FOLDER_SEPARATOR)
+    if len(levels) > 1 and not delimiter:
+        return None
+    if delimiter and any(delimiter in level for level in levels):
+        return None  # a level holding the server's separator would name another folder
+    return encode_mutf7((delimiter or FOLDER_SEPARATOR).join(levels))
 
 
 class ImapStore:
     """A `[[backend]] type = "imap"`: checks HELO credentials against the IMAP server."""
 
-    def __init__(self, backend: ImapBackend, limits: Limits, budget: ByteBudget | None = None):
+    def __init__(self, backend: ImapBackend, limits: Limits, budget: ByteBudget | None = None, *,
+                 uw_compat: bool = False) -> None:
         self.name = backend.name
         self.limits = limits
+        self.form = WireForm(uw_compat)
         _, host, port = backend.address()
+        tls = backend.tls_mode()
         self.target = Target(
             host=host,
             port=port,
-            tls=backend.tls_mode(),
-            ssl_context=_ssl_context(backend),
+            tls=tls,
+            ssl_context=tls_context(tls, backend.ca_file),
             connect_timeout=backend.timeout or limits.imap_connect_timeout,
             command_timeout=backend.timeout or limits.imap_command_timeout,
             max_literal=limits.imap_fetch_chunk,
@@ -93,10 +79,10 @@ class ImapStore:
                                         thread_name_prefix=f"imap-{backend.name}")
         self._login_slots = asyncio.Semaphore(max(1, limits.imap_max_workers // 2))
 
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
+    async def run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def login(self, user: str, password: str, peer: Peer) -> "ImapMailbox | None":
+    async def login(self, user: str, password: str, peer: Peer) -> ImapMailbox | None:
         ids = split_master(user)
         if ids is None:
             return None
@@ -122,16 +108,17 @@ class ImapStore:
 class ImapMailbox:
     """One user's IMAP session: the selected folder and its UID snapshot."""
 
-    def __init__(self, store: ImapStore, conn: ImapConn, user: str):
+    def __init__(self, store: ImapStore, conn: ImapConn, user: str) -> None:
         self.store = store
         self.conn = conn
         self.user = user
         self.folder: str | None = None
         self.sizes: dict[int, int] = {}  # UID -> RFC822.SIZE, fixed at select
-        self.wire: dict[int, int] = {}  # UID -> octets RETR sends (0: gone)
-        self._delimiter: str | None | bool = False  # False: not asked yet
+        self.ended: dict[int, int] = {}  # UID -> octets with the last line ended (0: gone)
+        self._delimiter: str | None = None
+        self._delimiter_known = False
 
-    async def _call(self, what: str, fn: Callable[..., T], *args: object) -> T:
+    async def _call(self, what: str, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         try:
             return await self.store.run(fn, *args)
         except ConnError as err:
@@ -140,23 +127,13 @@ class ImapMailbox:
 
     async def _imap_name(self, folder: str) -> str | None:
         """The IMAP name of a POP2 folder name, None when it cannot exist."""
-        try:
-            levels = check_folder_name(folder)
-        except InvalidFolderName:
-            return None
-        if is_inbox(folder):
-            return "INBOX"
-        if self._delimiter is False:
+        if not is_inbox(folder) and not self._delimiter_known:
             self._delimiter = await self._call("LIST", self.conn.delimiter)
-        delim = self._delimiter
-        if len(levels) > 1 and not delim:
-            return None
-        if delim and any(delim in level for level in levels):
-            return None  # a level holding the server's separator would name another folder
-        return encode_mutf7((delim or SEPARATOR).join(levels))
+            self._delimiter_known = True
+        return imap_name(folder, self._delimiter)
 
     async def select(self, folder: str) -> list[MessageRef]:
-        self.folder, self.sizes, self.wire = None, {}, {}
+        self.folder, self.sizes, self.ended = None, {}, {}
         name = await self._imap_name(folder)
         if name is None:
             return []
@@ -172,31 +149,34 @@ class ImapMailbox:
         uid = int(msg.id) if msg.id.isdigit() else None
         return uid if uid in self.sizes else None
 
+    async def _ended(self, uid: int) -> int:
+        """The message's octets with its last line ended: RFC822.SIZE and its last two octets."""
+        if uid not in self.ended:
+            size = self.sizes[uid]
+            if size == 0:
+                self.ended[uid] = 0
+            else:
+                tail = await self._call("UID FETCH", self.conn.fetch_body, uid, max(size - 2, 0), 2)
+                # None: another client removed it
+                self.ended[uid] = 0 if tail is None else ended_size(size, tail)
+        return self.ended[uid]
+
     async def wire_size(self, msg: MessageRef) -> int:
         uid = self._uid(msg)
         if uid is None:
             return 0
-        if uid not in self.wire:
-            size = self.sizes[uid]
-            if size == 0:
-                self.wire[uid] = 0
-            else:
-                tail = await self._call("UID FETCH", self.conn.fetch_body, uid, max(size - 2, 0), 2)
-                if tail is None:
-                    self.wire[uid] = 0  # another client removed it
-                else:
-                    self.wire[uid] = size + (0 if size >= 2 and tail[-2:] == b"\r\n" else 2)
-        return self.wire[uid]
+        return self.store.form.size(await self._ended(uid), msg.seen)
 
-    async def fetch(self, msg: MessageRef) -> AsyncIterator[bytes]:
+    async def fetch(self, msg: MessageRef) -> AsyncGenerator[bytes, None]:
         uid = self._uid(msg)
-        wire = await self.wire_size(msg)
-        if uid is None or wire == 0:
+        ended = 0 if uid is None else await self._ended(uid)
+        if uid is None or ended == 0:
             raise StoreError("No such message")
         size = self.sizes[uid]
         chunk = self.store.limits.imap_fetch_chunk
         piece = self.store.limits.retr_chunk_size  # what the session writes at a time
         budget = self.store.budget
+        enc = self.store.form.encoder(msg.seen, bare_lf=False)
         whole = size <= chunk
         offset, tail = 0, b""
         while offset < size:
@@ -214,16 +194,19 @@ class ImapMailbox:
                 tail = (tail + data[-2:])[-2:]
                 offset += len(data)
                 for i in range(0, len(data), piece):
-                    yield data[i : i + piece]
+                    out = enc.feed(data[i : i + piece])
+                    if out:
+                        yield out
                 del data
             finally:
                 budget.release(hold)
-        if offset + (0 if tail == b"\r\n" else 2) != wire:
-            self._mismatch(uid, wire, offset, b"")
-        if tail != b"\r\n":
-            yield b"\r\n"
+        if ended_size(offset, tail) != ended:
+            self._mismatch(uid, ended, offset, b"")
+        out = enc.finish()
+        if out:
+            yield out
 
-    def _mismatch(self, uid: int, expected: int, offset: int, data: bytes | None) -> None:
+    def _mismatch(self, uid: int, expected: int, offset: int, data: bytes | None) -> NoReturn:
         got = "nothing (message gone)" if data is None else f"{offset + len(data)} octets so far"
         log.warning("backend %s: user %r: UID %d: announced %d octets, server sent %s",
                     self.store.name, self.user, uid, expected, got)
@@ -240,7 +223,7 @@ class ImapMailbox:
     async def release(self, deleted: Sequence[MessageRef]) -> None:
         uids = sorted({u for u in (self._uid(m) for m in deleted) if u is not None})
         folder = self.folder
-        self.folder, self.sizes, self.wire = None, {}, {}
+        self.folder, self.sizes, self.ended = None, {}, {}
         if not uids:
             return
         if self.conn.readonly:
@@ -262,7 +245,7 @@ class ImapMailbox:
                  self.store.name, self.user, len(uids), folder)
 
     async def close(self) -> None:
-        self.folder, self.sizes, self.wire = None, {}, {}
+        self.folder, self.sizes, self.ended = None, {}, {}
         try:
             await self.store.run(self.conn.logout)
         except RuntimeError:

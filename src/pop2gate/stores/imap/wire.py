@@ -7,8 +7,10 @@ messages may arrive in the middle of a command.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Iterable, Iterator
+from typing import TypeAlias
 
 _QUOTABLE = frozenset(range(0x20, 0x7F))
 
@@ -49,22 +51,44 @@ class ParseError(ValueError):
     """The server sent a FETCH response we cannot read."""
 
 
+FetchPiece: TypeAlias = "bytes | tuple[bytes, bytes]"
+"""What imaplib keeps of a FETCH response: a text line, or the text before a literal with the literal."""
+
+FetchValue: TypeAlias = "bytes | str | None | list[FetchValue]"
+"""One FETCH item's value: strings and literals are bytes, atoms and numbers str, NIL None."""
+
+
 class _Lit:
     """A literal's octets, kept apart from the response text."""
 
     __slots__ = ("data",)
 
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes) -> None:
         self.data = data
 
 
-def group_responses(items: list) -> list[list]:
+class _Atom(str):
+    """An atom or number, as opposed to a string value."""
+
+
+class _Paren(enum.Enum):
+    """A list's parenthesis: never to be mistaken for a string "(" or a literal of one octet."""
+
+    OPEN = "("
+    CLOSE = ")"
+
+
+_Part: TypeAlias = "bytes | _Lit"
+_Lexeme: TypeAlias = "bytes | _Atom | _Paren"
+
+
+def group_responses(items: Iterable[FetchPiece | None]) -> list[list[_Part]]:
     """Join imaplib's FETCH pieces into one part list per response.
 
     imaplib gives `(text, literal)` tuples and text lines; a piece whose text
     does not start with a digit continues the previous response.
     """
-    responses: list[list] = []
+    responses: list[list[_Part]] = []
     for item in items:
         if item is None:
             continue
@@ -83,7 +107,7 @@ def group_responses(items: list) -> list[list]:
     return responses
 
 
-def _tokens(parts: list) -> Iterator[object]:
+def _tokens(parts: list[_Part]) -> Iterator[_Lexeme]:
     for part in parts:
         if isinstance(part, _Lit):
             yield part.data
@@ -102,67 +126,60 @@ _TOKEN = re.compile(
 _UNQUOTE = re.compile(rb"\\(.)")
 
 
-def _scan(text: bytes) -> Iterator[object]:
+def _scan(text: bytes) -> Iterator[_Lexeme]:
     pos = 0
     for m in _TOKEN.finditer(text):
         if m.start() != pos:
             break
         pos = m.end()
-        kind = m.lastgroup
-        if kind == "paren":
-            yield m.group(kind)
-        elif kind == "quoted":
-            yield _UNQUOTE.sub(rb"\1", m.group(kind))
+        if (paren := m.group("paren")) is not None:
+            yield _Paren(paren.decode("ascii"))
+        elif (quoted := m.group("quoted")) is not None:
+            yield _UNQUOTE.sub(rb"\1", quoted)
         else:
-            yield _Atom(m.group(kind).decode("ascii", "replace"))
+            yield _Atom(m.group("atom").decode("ascii", "replace"))
     if text[pos:].strip():
         raise ParseError("unreadable response text")
 
 
-class _Atom(str):
-    """An atom or number, as opposed to a string value."""
-
-
-def _nest(tokens: Iterator[object]) -> list:
-    out: list = []
+def _nest(tokens: Iterator[_Lexeme]) -> list[FetchValue]:
+    out: list[FetchValue] = []
     for tok in tokens:
-        if tok == b"(":
+        if tok is _Paren.OPEN:
             out.append(_nest(tokens))
-        elif tok == b")":
+        elif tok is _Paren.CLOSE:
             return out
         else:
             out.append(tok)
     return out
 
 
-def parse_fetch(parts: list) -> tuple[int, dict[str, object]]:
+def parse_fetch(parts: list[_Part]) -> tuple[int, dict[str, FetchValue]]:
     """One FETCH response -> (sequence number, {ITEM: value}).
 
     Item names are upper case; `BODY[]<0>` is reported as `BODY[]`. Strings
     and literals are bytes, NIL is None, lists are lists, atoms are str.
     """
-    toks = _nest(iter(_tokens(parts)))
+    toks = _nest(_tokens(parts))
     if len(toks) < 2 or not isinstance(toks[0], _Atom) or not toks[0].isdigit():
         raise ParseError("not a FETCH response")
     body = toks[1]
     if not isinstance(body, list) or len(body) % 2:
         raise ParseError("bad FETCH item list")
-    items: dict[str, object] = {}
-    for key, value in zip(body[::2], body[1::2]):
+    items: dict[str, FetchValue] = {}
+    for key, value in zip(body[::2], body[1::2], strict=True):
         if not isinstance(key, _Atom):
             raise ParseError("bad FETCH item name")
         name = key.upper()
         if name.startswith("BODY[") and "<" in name:
             name = name[: name.index("<")]
-        if isinstance(value, _Atom) and value.upper() == "NIL":
-            value = None
-        items[name] = value
+        items[name] = None if isinstance(value, _Atom) and value.upper() == "NIL" else value
     return int(toks[0]), items
 
 
-def fetch_by_uid(items: list) -> dict[int, dict[str, object]]:
+def fetch_by_uid(items: Iterable[FetchPiece | None]) -> dict[int, dict[str, FetchValue]]:
     """All FETCH responses that carry a UID, keyed by UID (later wins)."""
-    out: dict[int, dict[str, object]] = {}
+    out: dict[int, dict[str, FetchValue]] = {}
     for parts in group_responses(items):
         _, data = parse_fetch(parts)
         uid = data.get("UID")
@@ -173,7 +190,7 @@ def fetch_by_uid(items: list) -> dict[int, dict[str, object]]:
 
 def list_delimiter(line: bytes) -> str | None:
     """The hierarchy delimiter from one `LIST` response line, None for a flat server."""
-    toks = _nest(iter(_scan(line)))
+    toks = _nest(_scan(line))
     if len(toks) < 2 or not isinstance(toks[0], list):
         raise ParseError("bad LIST response")
     delim = toks[1]

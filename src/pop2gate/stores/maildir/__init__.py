@@ -2,7 +2,7 @@
 
 Layout: `<path>/<user>/` is the user's INBOX (cur/ new/ tmp/); folder
 `Archive/2024` is `<path>/<user>/.Archive.2024/` (levels in modified UTF-7).
-Passwords live in the users file (argon2 hashes, see passwords.py).
+Passwords live in the users file (argon2 hashes, see users.py).
 """
 
 from __future__ import annotations
@@ -11,15 +11,22 @@ import asyncio
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ...config import Limits, MaildirBackend
-from ..wireform import CrlfEncoder, wire_size_of
-from ..folders import check_folder_name, encode_mutf7, is_inbox
-from .users import read_users, valid_user_name, verify
+from ...pop2.wire import FOLDER_SEPARATOR
 from ..base import Mailbox, MessageRef, Peer, StoreError
+from ..folders import encode_mutf7, is_inbox
+from ..wireform import WireForm, wire_size_of
+from .config import MaildirBackend
+from .users import read_users, valid_user_name, verify
+
+if TYPE_CHECKING:
+    from ...config import Limits
+
+__all__ = ["MaildirBackend", "MaildirMailbox", "MaildirStore", "make_maildir"]
 
 log = logging.getLogger("pop2gate.maildir")
 
@@ -43,7 +50,7 @@ def _sort_key(name: str) -> tuple[int, str]:
     return (int(head) if head.isdigit() else 0, name)
 
 
-def _read_chunks(path: Path, size: int):
+def _read_chunks(path: Path, size: int) -> Iterator[bytes]:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb") as f:
         while chunk := f.read(size):
@@ -53,11 +60,12 @@ def _read_chunks(path: Path, size: int):
 class MaildirStore:
     """MailStore over local Maildirs."""
 
-    def __init__(self, backend: MaildirBackend, limits: Limits):
+    def __init__(self, backend: MaildirBackend, limits: Limits, *, uw_compat: bool = False) -> None:
         self.name = backend.name
         self.root = backend.path
         self.users_file = backend.users_file
         self.chunk_size = limits.retr_chunk_size
+        self.form = WireForm(uw_compat)
         self._hashing = ThreadPoolExecutor(limits.password_hash_workers, thread_name_prefix="argon2")
 
     async def login(self, user: str, password: str, peer: Peer) -> Mailbox | None:
@@ -71,7 +79,7 @@ class MaildirStore:
             await asyncio.to_thread(make_maildir, home)
         except OSError as err:
             raise StoreError(f"cannot create maildir for {user!r}: {err.strerror}") from None
-        return MaildirMailbox(home, self.chunk_size)
+        return MaildirMailbox(home, self.chunk_size, self.form)
 
     async def aclose(self) -> None:
         self._hashing.shutdown(wait=False, cancel_futures=True)
@@ -80,17 +88,18 @@ class MaildirStore:
 class MaildirMailbox:
     """One user's Maildir; every path it touches stays inside `home`."""
 
-    def __init__(self, home: Path, chunk_size: int):
+    def __init__(self, home: Path, chunk_size: int, form: WireForm | None = None) -> None:
         self.home = home
         self.chunk_size = chunk_size
+        self.form = form or WireForm()
         self.folder_dir: Path | None = None
         self._files: dict[str, Path] = {}
-        self._sizes: dict[tuple[int, int, int, int], int] = {}
+        self._sizes: dict[tuple[int, int, int, int], int] = {}  # file -> octets, last line ended
 
     def _folder_path(self, folder: str) -> Path | None:
         if is_inbox(folder):
             return self.home
-        levels = check_folder_name(folder)
+        levels = folder.split(FOLDER_SEPARATOR)
         if any("." in level for level in levels):
             return None  # "." is Maildir++'s own separator: no such folder
         path = self.home / ("." + ".".join(encode_mutf7(level) for level in levels))
@@ -104,7 +113,7 @@ class MaildirMailbox:
         return path
 
     def _scan(self, folder_dir: Path) -> list[tuple[str, Path, int]]:
-        found = []
+        found: list[tuple[str, Path, int]] = []
         for sub in SUBDIRS:
             try:
                 entries = list(os.scandir(folder_dir / sub))
@@ -128,7 +137,7 @@ class MaildirMailbox:
         self._files = {}
         if path is None:
             return []
-        refs = []
+        refs: list[MessageRef] = []
         for name, file, size in await asyncio.to_thread(self._scan, path):
             uid = name.split(":", 1)[0]
             if uid in self._files:
@@ -164,14 +173,14 @@ class MaildirMailbox:
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             if key not in self._sizes:
                 self._sizes[key] = wire_size_of(_read_chunks(path, READ_SIZE))
-            return self._sizes[key]
+            return self.form.size(self._sizes[key], ref.seen)
         except OSError:
             return 0
 
     async def wire_size(self, msg: MessageRef) -> int:
         return await asyncio.to_thread(self._wire_size, msg)
 
-    async def fetch(self, msg: MessageRef) -> AsyncIterator[bytes]:
+    async def fetch(self, msg: MessageRef) -> AsyncGenerator[bytes, None]:
         path = await asyncio.to_thread(self._locate, msg)
         if path is None:
             raise StoreError(f"message {msg.id} vanished")
@@ -179,7 +188,7 @@ class MaildirMailbox:
             fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as err:
             raise StoreError(f"cannot open message {msg.id}: {err.strerror}") from None
-        enc = CrlfEncoder()
+        enc = self.form.encoder(msg.seen, bare_lf=True)
         with os.fdopen(fd, "rb") as f:
             while True:
                 try:

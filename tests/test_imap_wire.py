@@ -1,0 +1,63 @@
+"""IMAP wire text (pop2gate.stores.imap.wire): quoting arguments, reading FETCH and LIST responses."""
+
+from __future__ import annotations
+
+import pytest
+
+from pop2gate.stores.imap.wire import ParseError, fetch_by_uid, list_delimiter, quotable, quote, uid_set
+
+
+def test_quote_and_uid_set():
+    assert quote('a"b\\c') == '"a\\"b\\\\c"'
+    with pytest.raises(ValueError):
+        quote("a\r\nb")
+    with pytest.raises(ValueError):
+        quote("\u00e9")
+    assert uid_set([9, 1, 2, 3, 7, 10, 2]) == "1:3,7,9:10"
+    assert quotable("x y") and not quotable("x\u00e9") and not quotable("x\x7f")
+
+
+def test_fetch_responses_matched_by_uid():
+    items = [
+        b"7 (FLAGS (\\Seen))",                           # unsolicited, no UID: ignored
+        (b"1 (BODY[]<0> {6}", b'he")\r\n'), b" UID 5)",  # the UID after the literal
+        b"2 (UID 6 RFC822.SIZE 10 FLAGS (\\Seen \\Deleted))",
+        (b"3 (UID 9 BODY[] {0}", b""), b")",
+        b"4 (UID 10 BODY[] NIL)",
+        b'5 (UID 11 BODY[] "a\\"b")',
+    ]
+    got = fetch_by_uid(items)
+    assert got[5]["BODY[]"] == b'he")\r\n'
+    assert got[6]["FLAGS"] == ["\\Seen", "\\Deleted"] and got[6]["RFC822.SIZE"] == "10"
+    assert got[9]["BODY[]"] == b"" and got[10]["BODY[]"] is None and got[11]["BODY[]"] == b'a"b'
+    assert set(got) == {5, 6, 9, 10, 11}
+
+
+@pytest.mark.parametrize("octets", [b"(", b")", b"()"])
+def test_a_string_or_literal_that_looks_like_a_parenthesis_is_a_value(octets):
+    """A one-octet message `)` (or the last octets of one) is data, not the end of a list."""
+    got = fetch_by_uid([(b"1 (UID 5 BODY[]<0> {%d}" % len(octets), octets), b")"])
+    assert got[5]["BODY[]"] == octets
+    quoted = b'"' + octets + b'"'
+    assert fetch_by_uid([b"1 (UID 6 BODY[] " + quoted + b")"])[6]["BODY[]"] == octets
+
+
+def test_list_delimiter():
+    assert list_delimiter(b'(\\Noselect) "." ""') == "."
+    assert list_delimiter(b'(\\Noselect) "/" ""') == "/"
+    assert list_delimiter(b'(\\Noselect) NIL ""') is None
+    with pytest.raises(ParseError):
+        list_delimiter(b'"." ""')
+
+
+def test_fetch_reader_refuses_garbage():
+    with pytest.raises(ParseError):
+        fetch_by_uid([b'1 (UID 5 BODY[] "unterminated)'])
+    with pytest.raises(ParseError):
+        fetch_by_uid([b"1 (UID 5 RFC822.SIZE)"])  # an item without a value
+    with pytest.raises(ParseError):
+        fetch_by_uid([b"FETCH (UID 5)"])  # no sequence number
+    with pytest.raises(ParseError):
+        fetch_by_uid([b'1 ("UID" 5)'])  # an item name that is a string
+    got = fetch_by_uid([b'1 (UID 5 BODY[HEADER.FIELDS (FROM TO)]<0> "x")'])
+    assert got[5]["BODY[HEADER.FIELDS (FROM TO)]"] == b"x"
