@@ -35,7 +35,7 @@ COMMAND_LINES = {
     Command.QUIT: b"QUIT\r\n",
 }
 EXPECTED = {
-    # the table of POP2.md "States", written out independently of TABLE
+    # the table of docs/protocol.md "States", written out independently of TABLE
     (State.AUTH, Command.HELO): State.MBOX,
     (State.AUTH, Command.QUIT): State.DONE,
     (State.MBOX, Command.FOLD): State.MBOX,
@@ -49,7 +49,7 @@ EXPECTED = {
     (State.NEXT, Command.ACKD): State.ITEM,
     (State.NEXT, Command.NACK): State.ITEM,
 }
-ANSWERS = {  # POP2.md "Commands": the reply each success sends
+ANSWERS = {  # docs/protocol.md "Commands": the reply each success sends
     Command.HELO: Answer.COUNT, Command.FOLD: Answer.COUNT, Command.READ: Answer.LENGTH,
     Command.RETR: Answer.DATA, Command.ACKS: Answer.LENGTH, Command.ACKD: Answer.LENGTH,
     Command.NACK: Answer.LENGTH, Command.QUIT: Answer.BYE,

@@ -16,7 +16,7 @@ from typing import NoReturn, TypeVar
 from .. import __version__
 from ..config import Config
 from ..pop2.server import NEED_DATA, ProtocolViolation, ServerProtocol, State
-from ..pop2.wire import MAX_LINE, Ackd, Acks, Command, Fold, Helo, LocalProtocolError, Nack, Quit, Read, Reason, Retr
+from ..pop2.wire import Ackd, Acks, Command, Fold, Helo, LocalProtocolError, Nack, Quit, Read, Reason, Retr
 from ..routing import Router
 from ..stores.base import Mailbox, MessageRef, Peer, StoreError
 from .throttle import Throttle
@@ -134,8 +134,8 @@ class Session:
             event = self.proto.next_event()
             if event is not NEED_DATA:
                 return event
-            try:  # never more than one command line's worth at a time
-                data = await asyncio.wait_for(self.reader.read(MAX_LINE), timeout)
+            try:  # never more than the rest of one command line
+                data = await asyncio.wait_for(self.reader.read(self.proto.room), timeout)
             except TimeoutError:
                 raise _Close(self.proto.send_error(Reason.AUTOLOGOUT), f"timeout after {timeout:g}s") from None
             if not data:

@@ -110,8 +110,14 @@ class ServerProtocol:
 
     # -- input ---------------------------------------------------------------------------
 
+    @property
+    def room(self) -> int:
+        """Octets that may be received now without holding more than one command line."""
+        return max(MAX_LINE - len(self._buffer), 0)
+
     def receive_data(self, data: bytes) -> None:
-        """Add received octets; `next_event` never lets them pass one command line."""
+        """Add received octets. A reader that takes at most `room` octets at a time never
+        holds more than one command line; `next_event` refuses a longer line either way."""
         self._buffer += data
 
     def next_event(self) -> Command | ProtocolViolation | NeedData:
