@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 
 import pytest
 
@@ -555,3 +557,91 @@ async def test_input_is_read_no_further_than_one_command_line(server, monkeypatc
     assert await expect_closed(reader) == b"- Bad login\r\n"
     # the session's two command reads: a whole line's room, then room for the rest of the line only
     assert asked[:2] == [512, 512 - len(b"HELO ali")]
+
+
+# -- the Maildir store never leaves the user's Maildir, whatever is symlinked inside it ----
+
+
+def outside_dir(tmp_path, name: str = "outside") -> tuple:
+    """A directory outside the store with one file in it, as cur/ and new/ name files."""
+    outside = tmp_path / name
+    outside.mkdir()
+    secret = outside / "1600000000.M1P1.secret"
+    secret.write_bytes(b"Subject: secret\n\nthe users file, say\n")
+    return outside, secret
+
+
+def swap_for_link(path, target) -> None:
+    """Replace the directory `path` by a symlink to `target`."""
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
+    path.symlink_to(target)
+
+
+@pytest.mark.parametrize("sub", ["new", "cur"])
+async def test_symlinked_inbox_subdirectory_is_not_read_or_deleted(server, env, tmp_path, sub):
+    outside, secret = outside_dir(tmp_path)
+    swap_for_link(env.mail / "alice" / sub, outside)
+    reply = await server.talk(HELO + b"READ\r\nQUIT\r\n")
+    assert reply == GREETING + b"#0 messages in INBOX\r\n=0 no message 1\r\n+ OK\r\n"
+    assert secret.read_bytes().startswith(b"Subject: secret")
+
+
+async def test_ackd_cannot_delete_through_a_symlinked_subdirectory(server, env, tmp_path):
+    """The message is listed from a real new/, then new/ becomes a symlink before QUIT."""
+    uid = env.deliver("alice", b"Subject: real\n\nbody\n")
+    outside, secret = outside_dir(tmp_path)
+    twin = outside / uid  # the same name outside, where the link will point
+    twin.write_bytes(b"not yours\n")
+    reader, writer = await session(server, HELO, b"READ\r\nRETR\r\nACKD\r\n")
+    assert await read_line(reader) == b"#1 message in INBOX\r\n"
+    await read_line(reader)
+    await asyncio.wait_for(reader.readexactly(len(b"Subject: real\r\n\r\nbody\r\n")), 5)
+    assert await read_line(reader) == b"=0 no message 2\r\n"
+    real = env.mail / "alice" / "new"
+    (real / uid).rename(tmp_path / "kept")
+    swap_for_link(real, outside)
+    writer.write(b"QUIT\r\n")
+    assert await expect_closed(reader) == b"+ OK\r\n"
+    assert twin.exists() and secret.exists()  # nothing outside was unlinked
+
+
+async def test_acks_never_moves_a_message_out_through_a_symlinked_cur(server, env, tmp_path):
+    uid = env.deliver("alice", b"Subject: real\n\nbody\n")
+    outside, _ = outside_dir(tmp_path)
+    swap_for_link(env.mail / "alice" / "cur", outside)
+    reply = await server.talk(HELO + b"READ\r\nRETR\r\nACKS\r\nQUIT\r\n")
+    assert reply.endswith(b"- Mail server error, try again later\r\n")  # cannot flag: said, not hidden
+    assert os.listdir(env.mail / "alice" / "new") == [uid]
+    assert sorted(p.name for p in outside.iterdir()) == ["1600000000.M1P1.secret"]
+
+
+async def test_symlinked_tmp_gets_nothing_written(server, env, tmp_path):
+    outside, secret = outside_dir(tmp_path)
+    swap_for_link(env.mail / "alice" / "tmp", outside)
+    env.deliver("alice", b"Subject: real\n\nbody\n")
+    reply = await server.talk(HELO + b"QUIT\r\n")
+    assert reply == GREETING + b"#1 message in INBOX\r\n+ OK\r\n"
+    assert [p.name for p in outside.iterdir()] == [secret.name]
+
+
+async def test_symlinked_user_directory_is_refused(server, env, tmp_path):
+    outside = tmp_path / "elsewhere"
+    for sub in ("cur", "new", "tmp"):
+        (outside / sub).mkdir(parents=True)
+    (outside / "new" / "1600000000.M1P1.other").write_bytes(b"Subject: other\n\nx\n")
+    shutil.rmtree(env.mail / "alice")
+    (env.mail / "alice").symlink_to(outside)
+    reply = await server.talk(HELO + b"READ\r\nRETR\r\nACKD\r\nQUIT\r\n")
+    assert reply == GREETING + b"- Mail server error, try again later\r\n"
+    assert (outside / "new" / "1600000000.M1P1.other").exists()
+
+
+async def test_symlinked_subdirectory_of_a_folder_is_not_read(server, env, tmp_path):
+    env.deliver("alice", b"Subject: archived\n\nx\n", folder="Archive")
+    outside, secret = outside_dir(tmp_path)
+    swap_for_link(env.mail / "alice" / ".Archive" / "new", outside)
+    reply = await server.talk(HELO + b"FOLD Archive\r\nREAD\r\nQUIT\r\n")
+    assert reply == GREETING + b"#0 messages in INBOX\r\n#0 messages in Archive\r\n=0 no message 1\r\n+ OK\r\n"
+    assert secret.exists()

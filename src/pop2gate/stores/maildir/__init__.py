@@ -8,6 +8,8 @@ Passwords live in the users file (argon2 hashes, see users.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import os
 import stat
@@ -50,11 +52,35 @@ def _sort_key(name: str) -> tuple[int, str]:
     return (int(head) if head.isdigit() else 0, name)
 
 
-def _read_chunks(path: Path, size: int) -> Iterator[bytes]:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+# A directory below the store's root is opened only where it is a directory, never through
+# a symlink: nothing a user can write into a Maildir can lead the store outside it.
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _read_fd(fd: int, size: int) -> Iterator[bytes]:
     with os.fdopen(fd, "rb") as f:
         while chunk := f.read(size):
             yield chunk
+
+
+class _Walk:
+    """Directory fds opened one component at a time from the root; closed on leaving `with`."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def open(self, name: str | Path, dir_fd: int | None = None, flags: int = _DIR) -> int:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+        self.fds.append(fd)
+        return fd
+
+    def __enter__(self) -> _Walk:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for fd in reversed(self.fds):
+            os.close(fd)
 
 
 class MaildirStore:
@@ -74,120 +100,170 @@ class MaildirStore:
         ok = await loop.run_in_executor(self._hashing, verify, users, user, password)
         if not ok or not valid_user_name(user):
             return None
-        home = self.root / user
         try:
-            await asyncio.to_thread(make_maildir, home)
+            await asyncio.to_thread(_make_home, self.root, user)
         except OSError as err:
-            raise StoreError(f"cannot create maildir for {user!r}: {err.strerror}") from None
-        return MaildirMailbox(home, self.chunk_size, self.form)
+            raise StoreError(f"cannot open maildir of {user!r}: {err.strerror}") from None
+        return MaildirMailbox(self.root, user, self.chunk_size, self.form)
 
     async def aclose(self) -> None:
         self._hashing.shutdown(wait=False, cancel_futures=True)
 
 
-class MaildirMailbox:
-    """One user's Maildir; every path it touches stays inside `home`."""
+def _make_home(root: Path, user: str) -> None:
+    """Create `<root>/<user>/` with cur/ new/ tmp/ where missing; refuse a home that is a symlink."""
+    with _Walk() as walk:
+        root_fd = walk.open(root, flags=os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the operator's
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(user, 0o700, dir_fd=root_fd)
+        home_fd = walk.open(user, root_fd)
+        for sub in ("cur", "new", "tmp"):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(sub, 0o700, dir_fd=home_fd)
 
-    def __init__(self, home: Path, chunk_size: int, form: WireForm | None = None) -> None:
-        self.home = home
+
+class MaildirMailbox:
+    """One user's Maildir, `<root>/<user>/`. Every directory and file below the root is
+    reached one component at a time without following a symlink (`_Walk`), for reading,
+    renaming and unlinking alike, so the mailbox never leaves the user's own Maildir."""
+
+    def __init__(self, root: Path, user: str, chunk_size: int, form: WireForm | None = None) -> None:
+        self.root = root
+        self.user = user
         self.chunk_size = chunk_size
         self.form = form or WireForm()
-        self.folder_dir: Path | None = None
-        self._files: dict[str, Path] = {}
+        self.folder_dir: str | None = None  # the selected folder's directory in the home ("" INBOX)
+        self._files: dict[str, tuple[str, str]] = {}  # id -> (subdirectory, file name)
         self._sizes: dict[tuple[int, int, int, int], int] = {}  # file -> octets, last line ended
 
-    def _folder_path(self, folder: str) -> Path | None:
+    @property
+    def home(self) -> Path:
+        return self.root / self.user
+
+    def _open_folder(self, walk: _Walk, folder_dir: str) -> int:
+        root_fd = walk.open(self.root, flags=os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        home_fd = walk.open(self.user, root_fd)
+        return walk.open(folder_dir, home_fd) if folder_dir else home_fd
+
+    @staticmethod
+    def _dir_name(folder: str) -> str | None:
         if is_inbox(folder):
-            return self.home
+            return ""
         levels = folder.split(FOLDER_SEPARATOR)
         if any("." in level for level in levels):
             return None  # "." is Maildir++'s own separator: no such folder
-        path = self.home / ("." + ".".join(encode_mutf7(level) for level in levels))
-        try:
-            if not stat.S_ISDIR(os.lstat(path).st_mode):  # lstat: a symlink is not a folder
-                return None
-        except OSError:
-            return None
-        if path.resolve().parent != self.home.resolve():
-            return None
-        return path
+        return "." + ".".join(encode_mutf7(level) for level in levels)
 
-    def _scan(self, folder_dir: Path) -> list[tuple[str, Path, int]]:
-        found: list[tuple[str, Path, int]] = []
-        for sub in SUBDIRS:
-            try:
-                entries = list(os.scandir(folder_dir / sub))
-            except OSError:
-                continue
-            for entry in entries:
-                if entry.name.startswith(".") or "T" in _flags(entry.name):
-                    continue
+    def _scan(self, folder_dir: str) -> list[tuple[str, str, int]]:
+        found: list[tuple[str, str, int]] = []
+        with _Walk() as walk:
+            folder_fd = self._open_folder(walk, folder_dir)
+            for sub in SUBDIRS:
                 try:
-                    st = entry.stat(follow_symlinks=False)
+                    sub_fd = walk.open(sub, folder_fd)
+                    names = os.listdir(sub_fd)
                 except OSError:
-                    continue
-                if stat.S_ISREG(st.st_mode):
-                    found.append((entry.name, Path(entry.path), st.st_size))
-        found.sort(key=lambda item: _sort_key(item[0]))
+                    continue  # missing, or a symlink: no mail there
+                for name in names:
+                    if name.startswith(".") or "T" in _flags(name):
+                        continue
+                    try:
+                        st = os.stat(name, dir_fd=sub_fd, follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        found.append((sub, name, st.st_size))
+        found.sort(key=lambda item: _sort_key(item[1]))
+        return found
+
+    def _select(self, folder: str) -> list[tuple[str, str, int]] | None:
+        folder_dir = self._dir_name(folder)
+        if folder_dir is None:
+            return None
+        try:
+            found = self._scan(folder_dir)
+        except OSError:
+            return None  # no such folder, or not a directory of its own
+        self.folder_dir = folder_dir
         return found
 
     async def select(self, folder: str) -> list[MessageRef]:
-        path = await asyncio.to_thread(self._folder_path, folder)
-        self.folder_dir = path
+        self.folder_dir = None
         self._files = {}
-        if path is None:
+        found = await asyncio.to_thread(self._select, folder)
+        if found is None:
             return []
         refs: list[MessageRef] = []
-        for name, file, size in await asyncio.to_thread(self._scan, path):
+        for sub, name, size in found:
             uid = name.split(":", 1)[0]
             if uid in self._files:
                 continue
-            self._files[uid] = file
+            self._files[uid] = (sub, name)
             refs.append(MessageRef(uid, size, seen="S" in _flags(name)))
         return refs
 
-    def _locate(self, ref: MessageRef) -> Path | None:
-        """The message's file now: flags may have renamed it since select."""
-        path = self._files.get(ref.id)
-        if path is not None and os.path.lexists(path):
-            return path
+    def _locate(self, walk: _Walk, ref: MessageRef) -> tuple[dict[str, int], str, str] | None:
+        """(fds of the folder's cur/ and new/, the message's subdirectory, its file name) now:
+        flags may have renamed it since select. Only regular files count."""
         if self.folder_dir is None:
             return None
+        folder_fd = self._open_folder(walk, self.folder_dir)
+        subs: dict[str, int] = {}
         for sub in SUBDIRS:
+            with contextlib.suppress(OSError):
+                subs[sub] = walk.open(sub, folder_fd)
+        known = self._files.get(ref.id)
+        candidates = [known] if known and known[0] in subs else []
+        for sub, fd in subs.items():
+            with contextlib.suppress(OSError):
+                candidates += [(sub, n) for n in os.listdir(fd) if n.split(":", 1)[0] == ref.id]
+        for sub, name in candidates:
             try:
-                names = os.listdir(self.folder_dir / sub)
+                if stat.S_ISREG(os.stat(name, dir_fd=subs[sub], follow_symlinks=False).st_mode):
+                    self._files[ref.id] = (sub, name)
+                    return subs, sub, name
             except OSError:
                 continue
-            for name in names:
-                if name.split(":", 1)[0] == ref.id:
-                    self._files[ref.id] = self.folder_dir / sub / name
-                    return self._files[ref.id]
         return None
 
+    def _open_message(self, ref: MessageRef) -> int | None:
+        with _Walk() as walk:
+            found = self._locate(walk, ref)
+            if found is None:
+                return None
+            subs, sub, name = found
+            return os.open(name, _FILE, dir_fd=subs[sub])
+
     def _wire_size(self, ref: MessageRef) -> int:
-        path = self._locate(ref)
-        if path is None:
-            return 0
         try:
-            st = os.lstat(path)
-            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            if key not in self._sizes:
-                self._sizes[key] = wire_size_of(_read_chunks(path, READ_SIZE))
-            return self.form.size(self._sizes[key], ref.seen)
+            fd = self._open_message(ref)
         except OSError:
             return 0
+        if fd is None:
+            return 0
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        try:
+            if key not in self._sizes:
+                self._sizes[key] = wire_size_of(_read_fd(fd, READ_SIZE))
+                fd = -1  # closed by the reader
+        except OSError:
+            return 0
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return self.form.size(self._sizes[key], ref.seen)
 
     async def wire_size(self, msg: MessageRef) -> int:
         return await asyncio.to_thread(self._wire_size, msg)
 
     async def fetch(self, msg: MessageRef) -> AsyncGenerator[bytes, None]:
-        path = await asyncio.to_thread(self._locate, msg)
-        if path is None:
-            raise StoreError(f"message {msg.id} vanished")
         try:
-            fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = await asyncio.to_thread(self._open_message, msg)
         except OSError as err:
             raise StoreError(f"cannot open message {msg.id}: {err.strerror}") from None
+        if fd is None:
+            raise StoreError(f"message {msg.id} vanished")
         enc = self.form.encoder(msg.seen, bare_lf=True)
         with os.fdopen(fd, "rb") as f:
             while True:
@@ -205,16 +281,19 @@ class MaildirMailbox:
             yield tail
 
     def _mark_seen(self, ref: MessageRef) -> None:
-        path = self._locate(ref)
-        if path is None:
-            return
-        flags = _flags(path.name)
-        if path.parent.name == "cur" and "S" in flags:
-            return
-        new_name = f"{ref.id}:2,{''.join(sorted(set(flags + 'S')))}"
-        target = path.parent.parent / "cur" / new_name
-        os.rename(path, target)
-        self._files[ref.id] = target
+        with _Walk() as walk:
+            found = self._locate(walk, ref)
+            if found is None:
+                return
+            subs, sub, name = found
+            flags = _flags(name)
+            if sub == "cur" and "S" in flags:
+                return
+            if "cur" not in subs:
+                raise FileNotFoundError(errno.ENOENT, "no cur/ of its own in the folder")
+            new_name = f"{ref.id}:2,{''.join(sorted(set(flags + 'S')))}"
+            os.rename(name, new_name, src_dir_fd=subs[sub], dst_dir_fd=subs["cur"])
+            self._files[ref.id] = ("cur", new_name)
 
     async def mark_seen(self, msg: MessageRef) -> None:
         try:
@@ -224,10 +303,12 @@ class MaildirMailbox:
 
     def _delete(self, refs: Sequence[MessageRef]) -> None:
         for ref in refs:
-            path = self._locate(ref)
-            if path is not None:
-                os.unlink(path)
-                self._files.pop(ref.id, None)
+            with _Walk() as walk:
+                found = self._locate(walk, ref)
+                if found is not None:
+                    subs, sub, name = found
+                    os.unlink(name, dir_fd=subs[sub])
+                    self._files.pop(ref.id, None)
 
     async def release(self, deleted: Sequence[MessageRef]) -> None:
         try:
