@@ -358,3 +358,23 @@ async def test_no_credential_in_any_log_line(gate, dovecot, caplog):
     secrets = [USERS["carol"], "carol-wrong-secret"]
     payloads = [base64.b64encode(f"\0carol\0{p}".encode()).decode() for p in secrets]
     assert not any(s in text for s in secrets + payloads)
+
+
+async def test_non_utf8_password_is_a_bad_login(gate, caplog):
+    """Credentials go to IMAP as the octets the client sent; a refusal is a bad login, and the
+    log says nothing about the password."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="pop2gate")
+    g = await gate()
+    # from an address of its own: the backend's penalty for the failure stays with it
+    reader, writer = await asyncio.open_connection(g.host, g.port, local_addr=(fresh_source(), 0))
+    try:
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"+ POP2 ")
+        writer.write(b"HELO alice x\xff\xfe\r\n")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(-1), 30) == b"- Bad login\r\n"
+    finally:
+        writer.close()
+    assert "Traceback" not in caplog.text
+    assert "codec" not in caplog.text and "position" not in caplog.text

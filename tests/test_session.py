@@ -645,3 +645,29 @@ async def test_symlinked_subdirectory_of_a_folder_is_not_read(server, env, tmp_p
     reply = await server.talk(HELO + b"FOLD Archive\r\nREAD\r\nQUIT\r\n")
     assert reply == GREETING + b"#0 messages in INBOX\r\n#0 messages in Archive\r\n=0 no message 1\r\n+ OK\r\n"
     assert secret.exists()
+
+
+# -- credentials are octets -------------------------------------------------------------
+
+
+async def test_non_utf8_password_is_a_bad_login_with_the_delay(make_server, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="pop2gate")
+    srv = await make_server(limits={"bad_login_delay": 0.3})
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    reply = await srv.talk(b"HELO alice x\xff\xfe\r\n")
+    assert reply == GREETING + b"- Bad login\r\n"
+    assert loop.time() - start >= 0.3
+    assert "Traceback" not in caplog.text and "internal error" not in caplog.text
+
+
+async def test_password_of_any_octets_logs_in(server, env):
+    from pop2gate.stores.maildir.users import set_password
+
+    set_password(env.users_file, "bob", b"p\xe4ss w\xf6rd".decode("utf-8", "surrogateescape"))
+    env.add_user("carol", "grüße")
+    assert (await server.talk(b"HELO bob p\xe4ss w\xf6rd\r\nQUIT\r\n")).endswith(b"#0 messages in INBOX\r\n+ OK\r\n")
+    assert (await server.talk("HELO carol grüße\r\nQUIT\r\n".encode())).endswith(b"#0 messages in INBOX\r\n+ OK\r\n")
+    assert (await server.talk(b"HELO bob p\xe4ss w\xf6rD\r\n")).endswith(b"- Bad login\r\n")

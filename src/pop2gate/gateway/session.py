@@ -186,7 +186,12 @@ class Session:
         route = self.router.route(event.user)
         mailbox: Mailbox | None = None
         if route is not None:
-            mailbox = await self._store_call(route.store.login(route.user, event.password, self.peer))
+            try:
+                mailbox = await self._store_call(route.store.login(route.user, event.password, self.peer))
+            except _Close:
+                raise
+            except Exception as err:  # whatever a client sent, a login fails, never crashes
+                log.warning("login failed %s: %s", self.tag, type(err).__name__)
         if mailbox is None:
             delay = self.throttle.failure_delay(self.peer.host)
             log.warning("bad login %s delay=%gs", self.tag, delay)

@@ -221,7 +221,8 @@ class ImapConn:
         getattr(self._imap, "_cmd_log", {}).clear()
 
     def _auth_plain(self, authz: str, authc: str, password: str) -> None:
-        payload = [f"{authz}\0{authc}\0{password}".encode()]
+        # Credentials are octets: what the POP2 client sent goes out as sent (surrogateescape).
+        payload = [f"{authz}\0{authc}\0{password}".encode("utf-8", "surrogateescape")]
 
         def answer(_challenge: bytes) -> bytes | None:
             # The credentials go out once; a second challenge cancels the exchange.
@@ -234,7 +235,7 @@ class ImapConn:
         if quotable(user):
             user_arg: bytes = quote(user).encode("ascii")
         elif "LITERAL+" in imap.capabilities:
-            raw = user.encode("utf-8")
+            raw = user.encode("utf-8", "surrogateescape")
             user_arg = b"{%d+}\r\n" % len(raw) + raw
         else:
             return False
@@ -243,7 +244,7 @@ class ImapConn:
         if quotable(password):
             typ, dat = imap._simple_command("LOGIN", user_arg, quote(password))
         else:
-            imap.literal = password.encode("utf-8")
+            imap.literal = password.encode("utf-8", "surrogateescape")
             typ, dat = imap._simple_command("LOGIN", user_arg)
         if typ != "OK":
             last = dat[-1] if dat else None

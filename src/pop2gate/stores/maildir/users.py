@@ -40,11 +40,16 @@ def _dummy_hash() -> str:
     return _hasher.hash("pop2gate-no-such-user")
 
 
+def _octets(password: str) -> bytes:
+    """The password as the octets the client sent: UTF-8, any other octet kept as is."""
+    return password.encode("utf-8", "surrogateescape")
+
+
 def verify(users: dict[str, str], name: str, password: str) -> bool:
     """Check a password; unknown users cost the same time as known ones."""
     hashed = users.get(name) if valid_user_name(name) else None
     try:
-        return _hasher.verify(hashed or _dummy_hash(), password) and hashed is not None
+        return _hasher.verify(hashed or _dummy_hash(), _octets(password)) and hashed is not None
     except (VerificationError, InvalidHashError):
         return False
 
@@ -57,7 +62,7 @@ def set_password(path: Path, name: str, password: str) -> bool:
         raise ValueError("empty password")
     users = read_users(path)
     new = name not in users
-    users[name] = _hasher.hash(password)
+    users[name] = _hasher.hash(_octets(password))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".users-", dir=path.parent)
     try:
