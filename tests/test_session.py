@@ -671,3 +671,12 @@ async def test_password_of_any_octets_logs_in(server, env):
     assert (await server.talk(b"HELO bob p\xe4ss w\xf6rd\r\nQUIT\r\n")).endswith(b"#0 messages in INBOX\r\n+ OK\r\n")
     assert (await server.talk("HELO carol grüße\r\nQUIT\r\n".encode())).endswith(b"#0 messages in INBOX\r\n+ OK\r\n")
     assert (await server.talk(b"HELO bob p\xe4ss w\xf6rD\r\n")).endswith(b"- Bad login\r\n")
+
+
+async def test_a_line_that_is_no_command_is_not_logged(server, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="pop2gate")
+    assert await server.talk(b"Zq7-SECRET-pw-47\r\n") == GREETING + b"- Unknown command\r\n"
+    assert "SECRET" not in caplog.text
+    assert "unknown command of 16 octets" in caplog.text

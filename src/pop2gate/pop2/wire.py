@@ -225,7 +225,8 @@ def parse_word(raw: bytes) -> tuple[Word, str] | BadCommand:
     try:
         return Word(word.upper()), rest
     except ValueError:
-        return BadCommand(Reason.UNKNOWN, f"unknown command {word[:16]!r}")
+        # not echoed: a line that is no command may be a password typed at the wrong prompt
+        return BadCommand(Reason.UNKNOWN, f"unknown command of {len(raw)} octets")
 
 
 def parse_arguments(word: Word, rest: str) -> Command | BadCommand:
