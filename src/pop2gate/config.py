@@ -13,9 +13,18 @@ import pwd
 import socket
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .stores.base import BackendConfig
 from .stores.registry import BACKENDS
@@ -36,22 +45,38 @@ def _split_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+ListenKey = Literal["listen", "tls_listen", "proxy_listen"]
+
+
 class ServerSettings(_Model):
     hostname: str = Field(default_factory=socket.gethostname)
     listen: list[str] = ["127.0.0.1:109"]
+    tls_listen: list[str] = []
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    proxy_listen: list[str] = []
+    proxy_trusted: list[IPvAnyNetwork] = []
     show_version: bool = False
     uw_compat: bool = False
+    # None: "nobody" when started as root, else whoever started it (gateway.privileges).
     user: str | None = None
-    group: str | None = None
+    group: str | None = None  # None: the user's primary group
 
-    @field_validator("listen")
+    @field_validator("listen", "tls_listen", "proxy_listen")
     @classmethod
     def _check_listen(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("needs at least one HOST:PORT")
         for item in value:
             _split_listen(item)
         return value
+
+    @model_validator(mode="after")
+    def _check_listeners(self) -> ServerSettings:
+        if not (self.listen or self.tls_listen or self.proxy_listen):
+            raise ValueError("listen, tls_listen and proxy_listen are empty: needs at least one HOST:PORT")
+        for key in ("tls_cert", "tls_key"):
+            if self.tls_listen and getattr(self, key) is None:
+                raise ValueError(f"{key} is required when tls_listen is set")
+        return self
 
     @field_validator("user", "group")
     @classmethod
@@ -71,19 +96,30 @@ class ServerSettings(_Model):
             raise ValueError("must be one word without spaces or control characters")
         return value
 
-    def addresses(self) -> list[tuple[str, int]]:
-        return [_split_listen(item) for item in self.listen]
+    def addresses(self, key: ListenKey = "listen") -> list[tuple[str, int]]:
+        """The HOST:PORT pairs of one listener kind."""
+        return [_split_listen(item) for item in getattr(self, key)]
 
 
 class Limits(_Model):
     login_timeout: float = Field(180, gt=0)
     idle_timeout: float = Field(1800, gt=0)
+    command_timeout: float = Field(60, gt=0)
+    send_timeout: float = Field(120, gt=0)
     bad_login_delay: float = Field(3, ge=0)
     bad_login_max_delay: float = Field(30, ge=0)
     login_failure_window: float = Field(600, gt=0)
+    max_login_failures_per_second: int = Field(20, ge=1, le=10_000)
+    max_tracked_addresses: int = Field(100_000, ge=1, le=10_000_000)
+    ipv6_prefix: int = Field(64, ge=1, le=128)
     max_connections: int = Field(200, gt=0)
     max_connections_per_address: int = Field(20, gt=0)
+    max_prelogin_connections: int = Field(100, gt=0)
+    max_sessions_per_user: int = Field(10, gt=0)
+    max_logins_per_address: int = Field(2, gt=0)
     listen_backlog: int = Field(1024, ge=1, le=65535)
+    tls_handshake_timeout: float = Field(30, gt=0)
+    proxy_header_timeout: float = Field(5, gt=0)
     close_linger: float = Field(2, ge=0)
     password_hash_workers: int = Field(2, ge=1, le=64)
     retr_chunk_size: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
@@ -92,6 +128,7 @@ class Limits(_Model):
     imap_command_timeout: float = Field(120, gt=0)
     imap_fetch_chunk: int = Field(1024 * 1024, ge=4096, le=64 * 1024 * 1024)
     imap_fetch_memory: int = Field(64 * 1024 * 1024, ge=4096)
+    imap_budget_timeout: float = Field(30, gt=0)
     imap_max_workers: int = Field(64, ge=2, le=4096)
     expunge_without_uidplus: bool = False
 
@@ -162,4 +199,10 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"cannot read {path}: {err.strerror}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 at octet {err.start}") from None
+    except ValueError as err:  # tomllib's int(): more digits than Python converts
+        raise ConfigError(f"{path}: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: arrays or tables nested too deeply") from None
     return parse_config(data)
