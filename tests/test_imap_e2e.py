@@ -183,7 +183,7 @@ async def test_client_named_host_connects_nowhere(dovecot, gate):
             pass
     try:
         g = await gate([{"name": "rec", "type": "imap", "url": f"imap://{HOST}:{default.port}", "tls": "none"},
-                        backend(dovecot)], routing={"default": "rec"})
+                        {**backend(dovecot), "selectable": True}], routing={"default": "rec"})
         for login in ("otherhost:alice", "127.0.0.3:alice", "127.0.0.3:143:alice", ":alice", "dc2:alice"):
             c = await g.client()
             with pytest.raises(Pop2Error, match="^Bad login$"):
@@ -378,3 +378,18 @@ async def test_non_utf8_password_is_a_bad_login(gate, caplog):
         writer.close()
     assert "Traceback" not in caplog.text
     assert "codec" not in caplog.text and "position" not in caplog.text
+
+
+async def test_name_user_cannot_pick_a_backend_the_rules_do_not_give(dovecot, gate):
+    """`HELO name:user` may name only the user's own backend or one marked selectable."""
+    other = ScriptedServer(lambda conn: None)
+    try:
+        g = await gate([{"name": "rec", "type": "imap", "url": f"imap://{HOST}:{other.port}", "tls": "none"},
+                        backend(dovecot)], routing={"default": "rec"})
+        c = await g.client()
+        with pytest.raises(Pop2Error, match="^Bad login$"):
+            await c.helo("dc:alice", USERS["alice"])  # dc is configured, but alice's backend is rec
+        await c.close()
+        assert other.connections == 0
+    finally:
+        other.close()

@@ -13,7 +13,8 @@ class FakeStore:
 
 def router() -> Router:
     config = parse_config({
-        "backend": [{"name": n, "type": "imap", "url": "imaps://imap.example.com"} for n in "abc"],
+        "backend": [{"name": n, "type": "imap", "url": "imaps://imap.example.com", "selectable": n == "c"}
+                    for n in "abc"],
         "routing": {"default": "a", "domains": {"Example.ORG": "b"}, "users": {"boss@example.org": "c"}},
     })
     return Router(config, {n: FakeStore(n) for n in "abc"})
@@ -31,7 +32,10 @@ def test_router_rules():
     assert where("boss@example.org") == ("c", "boss@example.org")  # user rule beats domain rule
     assert where("boss@example.org*admin") == ("c", "boss@example.org*admin")
     assert where("alice@example.org*admin") == ("b", "alice@example.org*admin")
-    assert where("c:alice") == ("c", "alice")  # a configured backend name
+    assert where("c:alice") == ("c", "alice")  # a backend the operator marked selectable
+    assert where("a:alice") == ("a", "alice")  # the backend the rules give alice
+    assert where("b:alice") is None  # configured, but neither alice's nor selectable
+    assert where("b:bob@example.org") == ("b", "bob@example.org")
     assert where("imap.example.com:alice") is None
     assert where("c:") is None
 

@@ -394,16 +394,111 @@ async def test_idle_timeout_after_login(make_server, three):
     assert reply == GREETING + b"#3 messages in INBOX\r\n- Autologout; idle for too long\r\n"
 
 
-async def test_max_connections(make_server):
+async def trickle(writer, data: bytes, every: float, reader) -> bytes:
+    """Send `data` one octet at a time, `every` seconds apart, until the server answers;
+    returns what it sent until it closed."""
+    for octet in data:
+        writer.write(bytes([octet]))
+        await writer.drain()
+        try:
+            first = await asyncio.wait_for(reader.read(4096), every)
+        except TimeoutError:
+            continue
+        return first + await expect_closed(reader)
+    return await expect_closed(reader)
+
+
+async def test_a_trickle_cannot_stretch_the_login(make_server):
+    srv = await make_server(limits={"login_timeout": 1.0, "command_timeout": 30})
+    reader, writer = await srv.open()
+    assert await read_line(reader) == GREETING
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    rest = await trickle(writer, b"HELO alice " + b"x" * 40, 0.1, reader)  # 5 s of trickle
+    assert rest == b"- Autologout; idle for too long\r\n"
+    assert loop.time() - start < 2.5  # the login deadline, not a timer restarted at each octet
+
+
+async def test_a_trickle_cannot_stretch_a_command_line(make_server, three):
+    srv = await make_server(limits={"command_timeout": 0.6, "idle_timeout": 30})
+    reader, writer = await session(srv, HELO)
+    assert await read_line(reader) == b"#3 messages in INBOX\r\n"
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    rest = await trickle(writer, b"READ 1" + b" " * 50, 0.1, reader)
+    assert rest == b"- Autologout; idle for too long\r\n"
+    assert loop.time() - start < 2.0
+
+
+async def test_a_client_that_takes_no_data_is_cut(make_server, env):
+    env.deliver("alice", b"x" * (8 << 20))  # more than the socket buffers hold
+    srv = await make_server(limits={"send_timeout": 0.5, "idle_timeout": 60})
+    reader, writer = await session(srv, HELO, b"READ\r\nRETR\r\n")
+    assert await read_line(reader) == b"#1 message in INBOX\r\n"
+    assert (await read_line(reader)).startswith(b"=")
+    await asyncio.sleep(2.5)  # read nothing more: the server gives up after send_timeout
+    assert srv.gateway.active == 0
+    writer.close()
+
+
+async def test_max_connections_refuses_when_every_slot_is_logged_in(make_server):
     srv = await make_server(limits={"max_connections": 1})
     reader, writer = await srv.open()
     assert await read_line(reader) == GREETING
+    writer.write(HELO)
+    assert await read_line(reader) == b"#0 messages in INBOX\r\n"
     assert await srv.talk(b"") == b"- Too many connections, try again later\r\n"
     writer.write(b"QUIT\r\n")
     assert await expect_closed(reader) == b"+ OK\r\n"
     writer.close()
     await asyncio.sleep(0.2)
     assert await srv.talk(b"QUIT\r\n") == GREETING + b"+ OK\r\n"
+
+
+async def test_when_full_the_oldest_session_not_logged_in_gives_way(make_server):
+    srv = await make_server(limits={"max_connections": 2})
+    old_r, old_w = await srv.open()  # connected first, never logs in
+    assert await read_line(old_r) == GREETING
+    in_r, in_w = await srv.open()  # logged in: never gives way
+    assert await read_line(in_r) == GREETING
+    in_w.write(HELO)
+    assert await read_line(in_r) == b"#0 messages in INBOX\r\n"
+    new_r, new_w = await srv.open()
+    assert await read_line(new_r) == GREETING  # the newcomer is served...
+    assert await expect_closed(old_r) == b"- Too many connections, try again later\r\n"  # ...the idle one went
+    for w, r in ((in_w, in_r), (new_w, new_r)):
+        w.write(b"QUIT\r\n")
+        assert (await expect_closed(r)).endswith(b"+ OK\r\n")
+        w.close()
+
+
+async def test_prelogin_sessions_have_their_own_cap(make_server):
+    srv = await make_server(limits={"max_connections": 10, "max_prelogin_connections": 2})
+    first = await srv.open()
+    second = await srv.open()
+    for r, _ in (first, second):
+        assert await read_line(r) == GREETING
+    third = await srv.open()
+    assert await read_line(third[0]) == GREETING
+    assert await expect_closed(first[0]) == b"- Too many connections, try again later\r\n"
+    for r, w in (second, third):
+        w.write(b"QUIT\r\n")
+        assert await expect_closed(r) == b"+ OK\r\n"
+        w.close()
+
+
+async def test_max_sessions_per_user(make_server):
+    srv = await make_server(limits={"max_sessions_per_user": 1})
+    reader, writer = await srv.open()
+    assert await read_line(reader) == GREETING
+    writer.write(HELO)
+    assert await read_line(reader) == b"#0 messages in INBOX\r\n"
+    assert await srv.talk(HELO) == GREETING + b"- Too many sessions for this user, try again later\r\n"
+    writer.write(b"QUIT\r\n")
+    assert await expect_closed(reader) == b"+ OK\r\n"
+    writer.close()
+    await asyncio.sleep(0.2)
+    assert await srv.talk(HELO + b"QUIT\r\n") == GREETING + b"#0 messages in INBOX\r\n+ OK\r\n"
 
 
 # -- UW compatibility ------------------------------------------------------------
@@ -680,3 +775,15 @@ async def test_a_line_that_is_no_command_is_not_logged(server, caplog):
     assert await server.talk(b"Zq7-SECRET-pw-47\r\n") == GREETING + b"- Unknown command\r\n"
     assert "SECRET" not in caplog.text
     assert "unknown command of 16 octets" in caplog.text
+
+
+async def test_replies_that_echo_arguments_stay_within_512_octets(server):
+    reader, writer = await session(server, HELO)
+    assert await read_line(reader) == b"#0 messages in INBOX\r\n"
+    for line in (b"READ " + b"9" * 505 + b"\r\n", b"FOLD " + "ü".encode() * 252 + b"\r\n"):
+        assert len(line) <= 512
+        writer.write(line)
+        reply = await read_line(reader)
+        assert len(reply) <= 512 and reply[:1] in b"=#", reply[:40]
+    writer.write(b"QUIT\r\n")
+    assert await expect_closed(reader) == b"+ OK\r\n"

@@ -263,3 +263,16 @@ def test_folder_levels_refuses(name):
 def test_folder_levels():
     assert folder_levels("Archive/2024") == ["Archive", "2024"]
     assert folder_levels("Übersicht") == ["Übersicht"]
+
+
+@pytest.mark.parametrize("reply", [
+    Reply("=", "no message " + "9" * 505, 0),
+    Reply("#", "messages in " + "ü" * 300, 3),
+    Reply("-", "x" * 600),
+])
+def test_no_reply_is_longer_than_a_line(reply):
+    line = reply.line()
+    assert len(line) <= MAX_LINE and line.endswith(b"\r\n") and line.count(b"\r\n") == 1
+    back = parse_reply(line.rstrip(b"\r\n"))
+    assert back.kind == reply.kind and back.number == reply.number
+    assert back.text.endswith("...") and reply.text.startswith(back.text[:-3])

@@ -16,9 +16,10 @@ from typing import NoReturn, TypeVar
 from .. import __version__
 from ..config import Config
 from ..pop2.server import NEED_DATA, ProtocolViolation, ServerProtocol, State
-from ..pop2.wire import Ackd, Acks, Command, Fold, Helo, LocalProtocolError, Nack, Quit, Read, Reason, Retr
+from ..pop2.wire import MAX_LINE, Ackd, Acks, Command, Fold, Helo, LocalProtocolError, Nack, Quit, Read, Reason, Retr
 from ..routing import Router
 from ..stores.base import Mailbox, MessageRef, Peer, StoreError
+from .admission import Admission, Stage
 from .throttle import Throttle
 
 log = logging.getLogger("pop2gate.session")
@@ -45,6 +46,7 @@ class Session:
         config: Config,
         router: Router,
         throttle: Throttle,
+        admission: Admission,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -53,6 +55,7 @@ class Session:
         self.limits = config.limits
         self.router = router
         self.throttle = throttle
+        self.admission = admission
         self.proto = ServerProtocol()
         self.mailbox: Mailbox | None = None
         self.user = ""
@@ -60,10 +63,21 @@ class Session:
         self.messages: list[MessageRef] = []
         self.current = 1
         self.acked: set[int] = set()
+        self._task = asyncio.current_task()  # the connection's own task
+        self._shed = False
+        loop = asyncio.get_running_loop()
+        self._login_deadline = loop.time() + self.limits.login_timeout
+        self._line_deadline: float | None = None  # set while a command line is incomplete
 
     @property
     def tag(self) -> str:
         return f"peer={self.peer.host}:{self.peer.port}" + (f" user={self.user!r}" if self.user else "")
+
+    def shed(self) -> None:
+        """Make room: end this session, which has not logged in, with `- Too many connections`."""
+        self._shed = True
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
 
     async def run(self) -> None:
         log.info("connect %s", self.tag)
@@ -79,6 +93,13 @@ class Session:
                 await self._write_quietly(close.reply)
         except (ConnectionError, asyncio.IncompleteReadError) as err:
             log.info("disconnect %s: %s", self.tag, err.__class__.__name__)
+        except asyncio.CancelledError:
+            if not self._shed or self._task is None:
+                raise
+            self._task.uncancel()
+            log.warning("shed %s: the server is full; the oldest session not logged in gives way", self.tag)
+            self.writer.write(self.proto.send_error(Reason.TOO_MANY))
+            self.writer.close()  # at once, no lingering: its slot is someone else's now
         except Exception:
             log.exception("internal error %s", self.tag)
             await self._write_quietly(self.proto.send_error(Reason.SERVER_ERROR))
@@ -101,6 +122,8 @@ class Session:
     async def _lingering_close(self) -> None:
         """Send FIN, then discard input briefly, so unread client data cannot
         turn the close into a reset that destroys our last reply in transit."""
+        if self.writer.transport.is_closing():
+            return  # aborted, or the peer is gone: nothing left to deliver
         try:
             if self.writer.can_write_eof():
                 self.writer.write_eof()
@@ -120,24 +143,38 @@ class Session:
     async def _write(self, data: bytes) -> None:
         self.writer.write(data)
         try:
-            await asyncio.wait_for(self.writer.drain(), self.limits.idle_timeout)
+            await asyncio.wait_for(self.writer.drain(), self.limits.send_timeout)
         except TimeoutError:
-            raise _Close(why="client stopped reading") from None
+            self.writer.transport.abort()  # what it did not take is dropped: no graceful close
+            raise _Close(why=f"client took no data for {self.limits.send_timeout:g}s") from None
 
     async def _write_quietly(self, data: bytes) -> None:
         with contextlib.suppress(_Close, OSError):
             await self._write(data)
 
     async def _next_event(self) -> Command | ProtocolViolation:
-        timeout = self.limits.login_timeout if self.proto.state is State.AUTH else self.limits.idle_timeout
+        """The next command, within deadlines: the whole login (`login_timeout` from connect),
+        each command line once begun (`command_timeout`), the pause between commands
+        (`idle_timeout`). A trickle of octets extends none of them."""
+        loop = asyncio.get_running_loop()
         while True:
             event = self.proto.next_event()
             if event is not NEED_DATA:
+                self._line_deadline = None
                 return event
+            now = loop.time()
+            if self.proto.room < MAX_LINE and self._line_deadline is None:
+                self._line_deadline = now + self.limits.command_timeout
+            limits = [(self._line_deadline, "command line not complete")] if self._line_deadline else []
+            if self.proto.state is State.AUTH:
+                limits.append((self._login_deadline, "no login"))
+            elif self._line_deadline is None:
+                limits.append((now + self.limits.idle_timeout, "idle"))
+            deadline, why = min(limits)
             try:  # never more than the rest of one command line
-                data = await asyncio.wait_for(self.reader.read(self.proto.room), timeout)
+                data = await asyncio.wait_for(self.reader.read(self.proto.room), max(deadline - now, 0))
             except TimeoutError:
-                raise _Close(self.proto.send_error(Reason.AUTOLOGOUT), f"timeout after {timeout:g}s") from None
+                raise _Close(self.proto.send_error(Reason.AUTOLOGOUT), f"timeout: {why}") from None
             if not data:
                 raise _Close(why="client closed the connection")
             self.proto.receive_data(data)
@@ -186,20 +223,26 @@ class Session:
         route = self.router.route(event.user)
         mailbox: Mailbox | None = None
         if route is not None:
-            try:
-                mailbox = await self._store_call(route.store.login(route.user, event.password, self.peer))
-            except _Close:
-                raise
-            except Exception as err:  # whatever a client sent, a login fails, never crashes
-                log.warning("login failed %s: %s", self.tag, type(err).__name__)
+            async with self.admission.login_turn(self.throttle.address_key(self.peer.host)):
+                self.admission.stage(self, Stage.LOGIN)
+                try:
+                    mailbox = await self._store_call(route.store.login(route.user, event.password, self.peer))
+                except _Close:
+                    raise
+                except Exception as err:  # whatever a client sent, a login fails, never crashes
+                    log.warning("login failed %s: %s", self.tag, type(err).__name__)
         if mailbox is None:
-            delay = self.throttle.failure_delay(self.peer.host)
+            delay = self.throttle.failure_delay(self.peer.host, self.user)
             log.warning("bad login %s delay=%gs", self.tag, delay)
+            self.admission.stage(self, Stage.DELAY)  # may give way to others meanwhile
             await asyncio.sleep(delay)
             raise _Close(self.proto.send_error(Reason.BAD_LOGIN))
         assert route is not None
-        self.throttle.succeeded(self.peer.host)
+        self.throttle.succeeded(self.peer.host, self.user)
         self.mailbox = mailbox
+        if not self.admission.log_in(self, (route.store.name, route.user)):
+            log.warning("refused %s: max_sessions_per_user=%d reached", self.tag, self.limits.max_sessions_per_user)
+            raise _Close(self.proto.send_error(Reason.TOO_MANY_SESSIONS))
         log.info("login %s backend=%s", self.tag, route.store.name)
         await self._select("INBOX")
 

@@ -187,6 +187,7 @@ class Reason(enum.Enum):
     BAD_LOGIN = "Bad login"
     AUTOLOGOUT = "Autologout; idle for too long"
     TOO_MANY = "Too many connections, try again later"
+    TOO_MANY_SESSIONS = "Too many sessions for this user, try again later"
     SERVER_ERROR = "Server error"
     BACKEND_ERROR = "Mail server error, try again later"
 
@@ -295,11 +296,23 @@ class Reply:
     number: int | None = None
 
     def line(self) -> bytes:
-        if self.kind in "#=":
-            head = f"{self.kind}{self.number}"
-            return f"{head} {self.text}\r\n".encode("utf-8", "surrogateescape") if self.text else \
-                f"{head}\r\n".encode("ascii")
-        return f"{self.kind} {self.text}\r\n".encode("utf-8", "surrogateescape")
+        """The reply on the wire: at most MAX_LINE octets, the text shortened if need be
+        (it may echo a long argument), never the prefix or the number."""
+        head = f"{self.kind}{self.number}" if self.kind in "#=" else self.kind
+        if not self.text:
+            return head.encode("ascii") + b"\r\n"
+        sep = " "
+        text = self.text.encode("utf-8", "surrogateescape")
+        room = MAX_LINE - len(head) - len(sep) - 2
+        if len(text) > room:
+            cut = room - len(_SHORTENED)
+            while cut > 0 and text[cut] & 0xC0 == 0x80:  # not inside a UTF-8 character
+                cut -= 1
+            text = text[:cut] + _SHORTENED
+        return head.encode("ascii") + sep.encode() + text + b"\r\n"
+
+
+_SHORTENED = b"..."
 
 
 def parse_reply(line: bytes) -> Reply:

@@ -27,6 +27,7 @@ class BackendConfig(BaseModel):
 
     name: str
     type: str
+    selectable: bool = False  # clients may pick it with UW's `HELO name:user`
 
 
 @dataclass(frozen=True)
