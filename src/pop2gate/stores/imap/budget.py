@@ -1,4 +1,4 @@
-"""The cap on message octets the IMAP stores hold in memory at once."""
+"""The cap on message octets the IMAP stores read from their backends at once."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import asyncio
 
 
 class ByteBudget:
-    """Caps the message bytes held in memory at once by all sessions of the IMAP stores.
+    """Caps the message bytes being read from the backends at once by all sessions of the
+    IMAP stores (`imap_fetch_memory`).
 
     A request larger than the whole budget is taken as the whole budget, so it waits
     for every other holder rather than forever.
@@ -17,16 +18,18 @@ class ByteBudget:
         self.used = 0
         self._waiters: list[asyncio.Future[None]] = []
 
-    async def acquire(self, n: int) -> None:
+    async def acquire(self, n: int, timeout: float) -> None:
+        """Take `n` octets; TimeoutError, taking nothing, if there is no room within `timeout` s."""
         n = min(n, self.limit)
-        while self.used + n > self.limit:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-            try:
-                await fut
-            finally:
-                if fut in self._waiters:
-                    self._waiters.remove(fut)
+        async with asyncio.timeout(timeout):
+            while self.used + n > self.limit:
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._waiters.append(fut)
+                try:
+                    await fut
+                finally:
+                    if fut in self._waiters:
+                        self._waiters.remove(fut)
         self.used += n
 
     def release(self, n: int) -> None:

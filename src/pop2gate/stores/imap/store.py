@@ -2,8 +2,10 @@
 
 Blocking imaplib calls (`conn`) run in a thread pool the store owns, one IMAP
 connection per POP2 session. Messages are IMAP UIDs; bodies are read with
-BODY.PEEK[] (never marking them seen) in bounded pieces, and the bytes in flight
-across all sessions are capped by `imap_fetch_memory` (`budget`).
+BODY.PEEK[] (never marking them seen) in pieces of `imap_fetch_chunk`; the bytes
+being read from the backends across all sessions are capped by `imap_fetch_memory`
+(`budget`). A piece that has arrived leaves the budget before the session writes it,
+so a client that stops reading holds one piece of its own, never the shared budget.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ Ts = TypeVarTuple("Ts")
 UNAVAILABLE = "Mail server unavailable"
 FAILED = "Mail server error"
 SIZE_MISMATCH = "Message size changed on server"
+NO_MEMORY = "No room in imap_fetch_memory"
 
 
 def split_master(login: str) -> tuple[str, str] | None:
@@ -175,36 +178,45 @@ class ImapMailbox:
         size = self.sizes[uid]
         chunk = self.store.limits.imap_fetch_chunk
         piece = self.store.limits.retr_chunk_size  # what the session writes at a time
-        budget = self.store.budget
         enc = self.store.form.encoder(msg.seen, bare_lf=False)
         whole = size <= chunk
         offset, tail = 0, b""
         while offset < size:
-            hold = size if whole else chunk
-            await budget.acquire(hold)
-            try:
-                if whole:
-                    data = await self._call("UID FETCH", self.conn.fetch_body, uid)
-                else:
-                    data = await self._call("UID FETCH", self.conn.fetch_body, uid, offset, chunk)
-                if not data or offset + len(data) > size:
-                    self._mismatch(uid, size, offset, data)
-                if (whole or len(data) < chunk) and offset + len(data) != size:
-                    self._mismatch(uid, size, offset, data)
-                tail = (tail + data[-2:])[-2:]
-                offset += len(data)
-                for i in range(0, len(data), piece):
-                    out = enc.feed(data[i : i + piece])
-                    if out:
-                        yield out
-                del data
-            finally:
-                budget.release(hold)
+            data = await self._read(uid, None if whole else offset, size if whole else chunk)
+            if not data or offset + len(data) > size:
+                self._mismatch(uid, size, offset, data)
+            if (whole or len(data) < chunk) and offset + len(data) != size:
+                self._mismatch(uid, size, offset, data)
+            tail = (tail + data[-2:])[-2:]
+            offset += len(data)
+            for i in range(0, len(data), piece):
+                out = enc.feed(data[i : i + piece])
+                if out:
+                    yield out
+            del data
         if ended_size(offset, tail) != ended:
             self._mismatch(uid, ended, offset, b"")
         out = enc.finish()
         if out:
             yield out
+
+    async def _read(self, uid: int, offset: int | None, length: int) -> bytes | None:
+        """One fetch of `uid` (whole when `offset` is None), counted in the shared budget
+        only while it is being read from the backend."""
+        budget, limits = self.store.budget, self.store.limits
+        try:
+            await budget.acquire(length, limits.imap_budget_timeout)
+        except TimeoutError:
+            log.warning("backend %s: user %r: UID %d: no room in imap_fetch_memory (%d octets) "
+                        "for %d octets within imap_budget_timeout (%gs)", self.store.name, self.user,
+                        uid, budget.limit, length, limits.imap_budget_timeout)
+            raise StoreError(NO_MEMORY) from None
+        try:
+            if offset is None:
+                return await self._call("UID FETCH", self.conn.fetch_body, uid)
+            return await self._call("UID FETCH", self.conn.fetch_body, uid, offset, length)
+        finally:
+            budget.release(length)
 
     def _mismatch(self, uid: int, expected: int, offset: int, data: bytes | None) -> NoReturn:
         got = "nothing (message gone)" if data is None else f"{offset + len(data)} octets so far"
