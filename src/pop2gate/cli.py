@@ -53,6 +53,9 @@ def serve(config_path: Path, inetd: bool, log_level: str) -> None:
     except PrivilegeError as err:
         click.echo(f"pop2gate: {err}", err=True)
         sys.exit(2)
+    except ConfigError as err:  # a store's path the serving user cannot use (gateway.privileges)
+        click.echo(f"pop2gate: config error: {err}", err=True)
+        sys.exit(2)
     except OSError as err:
         click.echo(f"pop2gate: cannot listen: {err}", err=True)
         sys.exit(1)
@@ -149,9 +152,16 @@ def user_add(name: str, config_path: Path | None, users_file: Path | None, backe
 @click.option("--maildir", type=click.Path(path_type=Path), help="Save messages into this Maildir.")
 @click.option("--delete", is_flag=True, help="With --maildir: delete each message on the server once saved.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait on the network.")
+@click.option("--tls", is_flag=True,
+              help="TLS from the first octet (a pop2gate tls_listen port), TLS 1.2 or later. The server's "
+                   "certificate and its name (--host) are verified, against the system's CAs or --ca-file.")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --tls: trust the CA certificates in this PEM file instead of the system's.")
 def fetch(host: str, port: int, user: str, folder: str | None, list_only: bool, maildir: Path | None,
-          delete: bool, timeout: float) -> None:
+          delete: bool, timeout: float, tls: bool, ca_file: Path | None) -> None:
     """Read a mailbox from a POP2 server (list it, or save it into a Maildir)."""
+    import ssl
+
     from .fetch import fetch_to_maildir, list_messages
     from .pop2.client import Client, ProtocolError
 
@@ -159,9 +169,18 @@ def fetch(host: str, port: int, user: str, folder: str | None, list_only: bool, 
         raise click.UsageError("give exactly one of --list or --maildir")
     if delete and maildir is None:
         raise click.UsageError("--delete needs --maildir")
+    if ca_file is not None and not tls:
+        raise click.UsageError("--ca-file needs --tls")
+    context = None
+    if tls:
+        try:
+            context = ssl.create_default_context(cafile=ca_file)
+        except ssl.SSLError as err:
+            raise click.BadParameter(f"no CA certificate in {ca_file}: {err}", param_hint="--ca-file") from None
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
     password = _read_password(confirm=False)
     try:
-        with Client.connect(host, port, timeout=timeout) as client:
+        with Client.connect(host, port, timeout=timeout, ssl_context=context) as client:
             count = client.helo(user, password)
             if folder:
                 count = client.fold(folder)

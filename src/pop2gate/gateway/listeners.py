@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import socket
+import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from ..config import Config
+from ..config import Config, ListenKey
 from ..pop2.wire import MAX_LINE, Reason
 from ..routing import Router
 from ..stores import open_stores
 from ..stores.base import MailStore, Peer
+from .admission import Admission
 from .privileges import drop_privileges
+from .proxy import ProxyHeaderError, proxied_peer
+from .resources import AcceptErrors, ensure_open_files
 from .session import Session
 from .throttle import Throttle
+from .tls import TlsError, handshake, hold_input, server_context
 
 log = logging.getLogger("pop2gate.server")
 
@@ -27,10 +34,12 @@ class Gateway:
     """Everything sessions share: settings, stores, router, the connection count."""
 
     def __init__(self, config: Config):
+        ensure_open_files(config.limits)
         self.config = config
         self.stores: dict[str, MailStore] = open_stores(config)
         self.router = Router(config, self.stores)
         self.throttle = Throttle(config.limits)
+        self.admission = Admission(config.limits)
         self.sessions: set[asyncio.Task[None]] = set()
 
     @property
@@ -47,37 +56,80 @@ class Gateway:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
         limits = self.config.limits
-        if self.active >= limits.max_connections:
-            return await self._refuse(writer, peer, f"max_connections={limits.max_connections} reached")
         if not self.throttle.admit(peer.host):
             return await self._refuse(
                 writer, peer, f"max_connections_per_address={limits.max_connections_per_address} reached"
             )
         task = asyncio.current_task()
         assert task is not None  # handle always runs as a task of its own
-        self.sessions.add(task)
         try:
-            await Session(reader, writer, peer, self.config, self.router, self.throttle).run()
+            session = Session(reader, writer, peer, self.config, self.router, self.throttle, self.admission)
+            victims = self.admission.admit(session)
+            if victims is None:
+                return await self._refuse(writer, peer, f"max_connections={limits.max_connections} reached "
+                                          "by logged-in sessions")
+            for victim in victims:
+                assert isinstance(victim, Session)
+                victim.shed()
+            self.sessions.add(task)
+            try:
+                await session.run()
+            finally:
+                self.admission.leave(session)
         except asyncio.CancelledError:
             log.info("session ended by shutdown peer=%s:%s", peer.host, peer.port)
         finally:
             self.throttle.release(peer.host)
             self.sessions.discard(task)
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    tls: ssl.SSLContext | None = None, proxy: bool = False) -> Coroutine[Any, Any, None]:
+        """Called as the listener accepts, before anything is read; returns what runs as its task."""
+        if tls is not None:
+            hold_input(writer)
+        return self._accept(reader, writer, tls, proxy)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      tls: ssl.SSLContext | None, proxy: bool) -> None:
+        """Its PROXY header and TLS handshake first, where the listener has them; then the session."""
         peername = writer.get_extra_info("peername") or ("unknown", 0)
-        await self.handle(reader, writer, Peer(str(peername[0]), int(peername[1])))
+        peer = Peer(str(peername[0]), int(peername[1]))
+        limits = self.config.limits
+        try:
+            if proxy:
+                via, peer = peer, await proxied_peer(reader, peer, self.config.server.proxy_trusted,
+                                                     limits.proxy_header_timeout)
+                log.info("proxied peer=%s:%s via=%s:%s", peer.host, peer.port, via.host, via.port)
+            if tls is not None:
+                await handshake(writer, tls, limits.tls_handshake_timeout)
+        except ProxyHeaderError as err:
+            log.warning("closed peer=%s:%s: %s", peer.host, peer.port, err)
+            writer.close()
+            return
+        except TlsError as err:
+            log.info("closed peer=%s:%s: %s", peer.host, peer.port, err)
+            return
+        await self.handle(reader, writer, peer)
 
     async def start(self) -> list[asyncio.Server]:
+        asyncio.get_running_loop().set_exception_handler(AcceptErrors())
+        settings = self.config.server
+        context = None
+        if settings.tls_listen:
+            assert settings.tls_cert is not None and settings.tls_key is not None  # the config requires them
+            context = server_context(settings.tls_cert, settings.tls_key)
+        kinds: list[tuple[ListenKey, ssl.SSLContext | None, bool]] = [
+            ("listen", None, False), ("tls_listen", context, False), ("proxy_listen", None, True)]
         servers = []
-        for host, port in self.config.server.addresses():
-            server = await asyncio.start_server(
-                self._on_connect, host, port, limit=MAX_LINE, reuse_address=True,
-                backlog=self.config.limits.listen_backlog,
-            )
-            for sock in server.sockets:
-                log.info("listening on %s", sock.getsockname()[:2])
-            servers.append(server)
+        for key, tls, proxy in kinds:
+            for host, port in settings.addresses(key):
+                server = await asyncio.start_server(
+                    functools.partial(self._on_connect, tls=tls, proxy=proxy), host, port, limit=MAX_LINE,
+                    reuse_address=True, backlog=self.config.limits.listen_backlog,
+                )
+                for sock in server.sockets:
+                    log.info("listening on %s (%s)", sock.getsockname()[:2], key)
+                servers.append(server)
         return servers
 
     async def aclose(self) -> None:
@@ -94,7 +146,7 @@ async def serve_forever(config: Config, ready: Callable[[list[asyncio.Server]], 
     """Run the TCP listeners until SIGINT or SIGTERM."""
     gateway = Gateway(config)
     servers = await gateway.start()
-    drop_privileges(config.server.user, config.server.group)
+    drop_privileges(config)
     if ready is not None:
         ready(servers)
     stop = asyncio.Event()
@@ -129,7 +181,7 @@ def _stdio_peer() -> Peer:
 
 async def serve_stdio(config: Config) -> None:
     """One session on stdin/stdout, the way inetd, xinetd or socat start it."""
-    drop_privileges(config.server.user, config.server.group)
+    drop_privileges(config)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_LINE, loop=loop)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), sys.stdin.buffer)

@@ -12,6 +12,7 @@ import contextlib
 import enum
 import io
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, TypeVar
@@ -332,9 +333,14 @@ class AsyncClient(_Wrapper):
         self._reader, self._writer = reader, writer
 
     @classmethod
-    async def connect(cls, host: str, port: int = DEFAULT_PORT,
-                      timeout: float = DEFAULT_TIMEOUT) -> AsyncClient:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    async def connect(cls, host: str, port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT,
+                      ssl_context: ssl.SSLContext | None = None,
+                      server_hostname: str | None = None) -> AsyncClient:
+        """Connect, with TLS first when `ssl_context` is given (its checks apply to
+        `server_hostname`, by default `host`), and read the greeting."""
+        hostname = None if ssl_context is None else server_hostname or host
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ssl_context, server_hostname=hostname), timeout)
         return await cls.from_streams(reader, writer, timeout)
 
     @classmethod
@@ -424,9 +430,18 @@ class Client(_Wrapper):
         sock.settimeout(timeout)
 
     @classmethod
-    def connect(cls, host: str, port: int = DEFAULT_PORT,
-                timeout: float = DEFAULT_TIMEOUT) -> Client:
-        return cls.from_socket(socket.create_connection((host, port), timeout=timeout), timeout)
+    def connect(cls, host: str, port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT,
+                ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None) -> Client:
+        """Connect, with TLS first when `ssl_context` is given (its checks apply to
+        `server_hostname`, by default `host`), and read the greeting."""
+        sock = socket.create_connection((host, port), timeout=timeout)
+        if ssl_context is not None:
+            try:
+                sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname or host)
+            except BaseException:
+                sock.close()
+                raise
+        return cls.from_socket(sock, timeout)
 
     @classmethod
     def from_socket(cls, sock: socket.socket, timeout: float = DEFAULT_TIMEOUT) -> Client:
