@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -68,8 +69,11 @@ class MailEnv:
 
     def config_dict(self, listen: str = "127.0.0.1:0") -> dict[str, Any]:
         limits = {"bad_login_delay": 0.05, **self.limits}
+        # Served as the files' owner: `pop2gate serve` as root would become nobody. None drops a key.
+        server = {"hostname": "test.invalid", "listen": [listen], "user": pwd.getpwuid(os.geteuid()).pw_name,
+                  **self.server}
         return {
-            "server": {"hostname": "test.invalid", "listen": [listen], **self.server},
+            "server": {k: v for k, v in server.items() if v is not None},
             "limits": limits,
             "backend": [
                 {"name": "local", "type": "maildir", "path": str(self.mail), "users_file": str(self.users_file)}

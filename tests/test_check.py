@@ -502,6 +502,7 @@ def test_pop2gate_server_is_ok(tmp_path, show_version):
         'hostname = "localhost"\n'
         f'listen = ["127.0.0.1:{port}"]\n'
         f"show_version = {'true' if show_version else 'false'}\n"
+        'user = "root"\n'  # the files are root's (the tests run as root); else it would serve as nobody
         "[[backend]]\n"
         'name = "local"\n'
         'type = "maildir"\n'

@@ -185,6 +185,9 @@ def test_demo_serves_a_full_session(tmp_path):
                             stderr=subprocess.PIPE, text=True)
     try:
         wait_port(port, proc)
+        uids = next(line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                    if line.startswith("Uid:")).split()[1:]
+        assert uids == [str(os.geteuid())] * 4  # its files are ours: never becomes nobody, also as root
         with Client.connect(host, port, timeout=20) as c:
             assert c.helo("demo", "demo") == 5
             sizes = [c.read(n) for n in range(1, 6)]

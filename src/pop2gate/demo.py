@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import time
 from pathlib import Path
 
@@ -62,9 +63,11 @@ def create_demo(directory: Path) -> Config:
         (archive / "cur" / f"{now}.M0P{os.getpid()}.archived.demo:2,S").write_bytes(
             _message("An archived message", "Reach me with FOLD Archive.\n")
         )
+    # The files are the demo user's own: serve as that user, also as root (never as nobody).
+    owner = {"user": pwd.getpwuid(0).pw_name} if os.geteuid() == 0 else {}
     return parse_config(
         {
-            "server": {"hostname": "localhost", "listen": [f"{DEMO_ADDRESS[0]}:{DEMO_ADDRESS[1]}"]},
+            "server": {"hostname": "localhost", "listen": [f"{DEMO_ADDRESS[0]}:{DEMO_ADDRESS[1]}"], **owner},
             "backend": [{"name": "demo", "type": "maildir", "path": str(mail), "users_file": str(users)}],
             "routing": {"default": "demo"},
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -63,3 +64,7 @@ class ImapBackend(BackendConfig):
         if self.tls is not None:
             return self.tls
         return "implicit" if self.url.lower().startswith("imaps:") else "starttls"
+
+    def needed_access(self) -> dict[str, tuple[Path, int]]:
+        """Key -> (path, `os.access` mode) the serving user needs: `ca_file` is read when the store is built."""
+        return {"ca_file": (self.ca_file, os.R_OK)} if self.ca_file is not None else {}
