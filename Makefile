@@ -25,6 +25,11 @@ test: $(STAMP) lint
 	sh scripts/install-test-deps.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The fuzz tests as a long campaign: FUZZ_SCALE (default 100) times their examples (docs/testing.md).
+.PHONY: fuzz
+fuzz: $(STAMP)
+	FUZZ=long $(BIN)/python -m pytest -q --timeout=0 --hypothesis-show-statistics tests/test_fuzz*.py tests/test_proxy.py $(PYTEST_ARGS)
+
 bench: $(STAMP)
 	sh scripts/install-test-deps.sh
 	$(BIN)/python bench/run.py

@@ -7,6 +7,7 @@ the stored bytes are exactly the test's bytes.
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import os
 import pwd
@@ -133,6 +134,11 @@ class Dovecot:
     def start(self) -> Dovecot:
         if not os.access(DOVECOT, os.X_OK):
             raise DovecotError(f"{DOVECOT} missing: run scripts/install-test-deps.sh")
+        self._set_up()
+        return self._launch()
+
+    def _set_up(self) -> None:
+        """Write the config, users, certificates and home directory."""
         uid, gid = _mail_uid()
         os.chmod(self.root, 0o755)
         (self.root / "tls").mkdir()
@@ -147,6 +153,10 @@ class Dovecot:
         conf.write_text(CONF.format(root=self.root, host=HOST, other=OTHER_HOST, port=self.port,
                                     tls_port=self.tls_port, uid=uid, gid=gid,
                                     instance=self.instance))
+
+    def _launch(self) -> Dovecot:
+        """Start the master process on the written config; wait until IMAP answers."""
+        conf = self.root / "dovecot.conf"
         self.proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
@@ -176,6 +186,38 @@ class Dovecot:
                 self.proc.kill()
                 self.proc.wait()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def pids(self) -> list[int]:
+        """This instance's processes: the master and every child (its proctitle names the instance)."""
+        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        mark = f"{self.instance}/"
+        pids = [int(line.split()[0]) for line in out.splitlines() if mark in line]
+        if self.proc and self.proc.poll() is None:
+            pids.append(self.proc.pid)
+        return pids
+
+    def signal_all(self, sig: int) -> int:
+        """Send `sig` to every process of this instance (SIGSTOP: the whole server hangs); how many."""
+        pids = self.pids()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        return len(pids)
+
+    def kill(self) -> None:
+        """SIGKILL the whole instance, as a crash would; its mail stays for `restart`."""
+        self.signal_all(signal.SIGKILL)
+        if self.proc:
+            self.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not self.pids(), "dovecot processes survived SIGKILL"
+
+    def restart(self) -> Dovecot:
+        """Start again on the same config, ports and mail (after `kill`)."""
+        assert self.proc is None or self.proc.poll() is not None, "still running"
+        return self._launch()
 
     def kill_sessions(self, user: str, sig: int = signal.SIGKILL) -> int:
         """Signal (default: SIGKILL) this instance's imap processes serving `user`; how many."""

@@ -102,7 +102,10 @@ def group_responses(items: Iterable[FetchPiece | None]) -> list[list[_Part]]:
             parts.append(text)
         else:
             # The text before a literal ends with its `{n}` marker.
-            parts.append(text[: text.rindex(b"{")])
+            marker = text.rfind(b"{")
+            if marker < 0:
+                raise ParseError("literal without its {n} marker")
+            parts.append(text[:marker])
             parts.append(_Lit(lit))
     return responses
 
@@ -142,16 +145,33 @@ def _scan(text: bytes) -> Iterator[_Lexeme]:
         raise ParseError("unreadable response text")
 
 
-def _nest(tokens: Iterator[_Lexeme]) -> list[FetchValue]:
+# Lists nest two levels in what pop2gate fetches (FLAGS); a server nesting deeper is refused.
+_MAX_DEPTH = 32
+# IMAP numbers are 32-bit unsigned: at most 10 digits.
+_MAX_NUMBER = 2**32 - 1
+
+
+def _nest(tokens: Iterator[_Lexeme], depth: int = 0) -> list[FetchValue]:
+    if depth > _MAX_DEPTH:
+        raise ParseError("lists nested too deeply")
     out: list[FetchValue] = []
     for tok in tokens:
         if tok is _Paren.OPEN:
-            out.append(_nest(tokens))
+            out.append(_nest(tokens, depth + 1))
         elif tok is _Paren.CLOSE:
             return out
+        elif isinstance(tok, _Atom) and tok.upper() == "NIL":
+            out.append(None)
         else:
             out.append(tok)
     return out
+
+
+def _number(value: FetchValue) -> int | None:
+    """An IMAP number (an atom of digits, 32 bits), else None."""
+    if isinstance(value, _Atom) and value.isdigit() and len(value) <= 10 and int(value) <= _MAX_NUMBER:
+        return int(value)
+    return None
 
 
 def parse_fetch(parts: list[_Part]) -> tuple[int, dict[str, FetchValue]]:
@@ -161,7 +181,8 @@ def parse_fetch(parts: list[_Part]) -> tuple[int, dict[str, FetchValue]]:
     and literals are bytes, NIL is None, lists are lists, atoms are str.
     """
     toks = _nest(_tokens(parts))
-    if len(toks) < 2 or not isinstance(toks[0], _Atom) or not toks[0].isdigit():
+    seq = _number(toks[0]) if toks else None
+    if len(toks) < 2 or seq is None:
         raise ParseError("not a FETCH response")
     body = toks[1]
     if not isinstance(body, list) or len(body) % 2:
@@ -173,8 +194,8 @@ def parse_fetch(parts: list[_Part]) -> tuple[int, dict[str, FetchValue]]:
         name = key.upper()
         if name.startswith("BODY[") and "<" in name:
             name = name[: name.index("<")]
-        items[name] = None if isinstance(value, _Atom) and value.upper() == "NIL" else value
-    return int(toks[0]), items
+        items[name] = value
+    return seq, items
 
 
 def fetch_by_uid(items: Iterable[FetchPiece | None]) -> dict[int, dict[str, FetchValue]]:
@@ -182,9 +203,12 @@ def fetch_by_uid(items: Iterable[FetchPiece | None]) -> dict[int, dict[str, Fetc
     out: dict[int, dict[str, FetchValue]] = {}
     for parts in group_responses(items):
         _, data = parse_fetch(parts)
-        uid = data.get("UID")
-        if isinstance(uid, str) and uid.isdigit():
-            out.setdefault(int(uid), {}).update(data)
+        if "UID" not in data:
+            continue  # unsolicited, about another message
+        uid = _number(data["UID"])
+        if uid is None:
+            raise ParseError("bad UID")
+        out.setdefault(uid, {}).update(data)
     return out
 
 
@@ -195,5 +219,7 @@ def list_delimiter(line: bytes) -> str | None:
         raise ParseError("bad LIST response")
     delim = toks[1]
     if isinstance(delim, bytes) and len(delim) == 1:
+        if delim[0] >= 0x80:
+            raise ParseError("hierarchy delimiter is not ASCII")
         return delim.decode("ascii")
     return None
