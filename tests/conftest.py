@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import MailEnv
+from helpers import Gateways, MailEnv
 from pop2gate.gateway.listeners import Gateway
 
 
@@ -42,23 +42,15 @@ class Running:
 @pytest.fixture
 async def make_server(env: MailEnv):
     """Start pop2gate servers in this event loop on free loopback ports."""
-    started = []
+    gateways = Gateways()
 
     async def make(limits: dict | None = None, server: dict | None = None) -> Running:
         env.limits.update(limits or {})
         env.server.update(server or {})
-        gateway = Gateway(env.config())
-        servers = await gateway.start()
-        started.append((gateway, servers))
-        host, port = servers[0].sockets[0].getsockname()[:2]
-        return Running(host, port, gateway)
+        return Running(*await gateways.start(env.config()))
 
     yield make
-    for gateway, servers in started:
-        for s in servers:
-            s.close()
-            await s.wait_closed()
-        await gateway.aclose()
+    await gateways.aclose()
 
 
 @pytest.fixture

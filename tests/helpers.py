@@ -136,6 +136,30 @@ def wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 15) -> No
     raise AssertionError(f"nothing listens on {port}")
 
 
+class Gateways:
+    """In-process pop2gate gateways on loopback, stopped together by `aclose`."""
+
+    def __init__(self) -> None:
+        self._started: list[tuple[Any, list[asyncio.Server]]] = []
+
+    async def start(self, config: Config) -> tuple[str, int, Any]:
+        """Start a Gateway for `config`; returns (host, port, gateway) of its first listener."""
+        from pop2gate.gateway.listeners import Gateway
+
+        gateway = Gateway(config)
+        servers = await gateway.start()
+        self._started.append((gateway, servers))
+        host, port = servers[0].sockets[0].getsockname()[:2]
+        return str(host), int(port), gateway
+
+    async def aclose(self) -> None:
+        for gateway, servers in self._started:
+            for s in servers:
+                s.close()
+                await s.wait_closed()
+            await gateway.aclose()
+
+
 # --- one scripted TCP server for every test that needs a fake peer ---------------------
 
 

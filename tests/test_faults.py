@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 
 from dovecot import HOST, USERS, Dovecot
-from helpers import BIN, PASSWORD, MailEnv, ScriptConn, ScriptedServer, free_port, wait_port
+from helpers import BIN, PASSWORD, Gateways, MailEnv, ScriptConn, ScriptedServer, free_port, wait_port
 from pop2gate.config import parse_config
 from pop2gate.gateway.listeners import Gateway
 from pop2gate.pop2.client import Client, ConnectionClosed
@@ -114,7 +114,7 @@ def imap_backend(server: Dovecot | ScriptedServer) -> dict:
 @pytest.fixture
 async def gate():
     """In-process gateways in front of an IMAP server; `make(server, limits)`."""
-    started: list[tuple[Gateway, list[asyncio.Server]]] = []
+    gateways = Gateways()
 
     async def make(server: Dovecot | ScriptedServer, limits: dict | None = None) -> Gate:
         config = parse_config({
@@ -123,18 +123,10 @@ async def gate():
             "backend": [imap_backend(server)],
             "routing": {"default": "dc"},
         })
-        gateway = Gateway(config)
-        servers = await gateway.start()
-        started.append((gateway, servers))
-        host, port = servers[0].sockets[0].getsockname()[:2]
-        return Gate(host, port, gateway)
+        return Gate(*await gateways.start(config))
 
     yield make
-    for gateway, servers in started:
-        for s in servers:
-            s.close()
-            await s.wait_closed()
-        await gateway.aclose()
+    await gateways.aclose()
 
 
 @pytest.fixture(scope="module")
