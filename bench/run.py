@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import platform
+import pwd
 import signal
 import socket
 import subprocess
@@ -54,7 +55,9 @@ class Serve:
         cfg = root / "bench.toml"
         cfg.write_text(
             f'[server]\nhostname = "bench"\nlisten = ["127.0.0.1:{self.port}"]\n'
-            f"[limits]\nmax_connections = 1000\nmax_connections_per_address = 1000\n{limits}"
+            f'user = "{pwd.getpwuid(os.getuid()).pw_name}"\n'  # serve the bench's own files as their owner
+            f"[limits]\nmax_connections = 1000\nmax_connections_per_address = 1000\nmax_prelogin_connections = 1000\n"
+            f"max_sessions_per_user = 1000\nmax_logins_per_address = 64\n{limits}"
             f'{backend}[routing]\ndefault = "b"\n'
         )
         self.proc = subprocess.Popen([str(BIN / "pop2gate"), "serve", "-c", str(cfg), "--log-level", "warning"])

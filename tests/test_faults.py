@@ -410,6 +410,21 @@ async def test_other_client_expunges_an_announced_message(dovecot, gate, logs):
     assert_kept(dovecot, "alice", {u: stored[u] for u in (uids[0], uids[2])})
 
 
+async def test_read_again_after_other_client_expunged(dovecot, gate):
+    """READ of a message announced before another client removed it gives `=0` (protocol.md
+    §4.3): a NOOP before the answer lets the server say so."""
+    stored = fill(dovecot, "alice", [message(i) for i in range(1, 4)])
+    uids = list(stored)
+    g = await gate(dovecot)
+    c = await g.wire()
+    assert await c.helo("alice", USERS["alice"]) == 3
+    assert await c.count("READ 2") == len(stored[uids[1]])
+    dovecot.expunge("alice", uids[1])
+    assert await c.send("READ 2") == b"=0 no message 2\r\n"
+    assert await c.count("READ 3") == len(stored[uids[2]])  # the others keep their numbers
+    assert await c.send("QUIT") == b"+ OK\r\n"
+
+
 async def test_two_sessions_of_one_user(dovecot, gate, logs):
     """Two sessions of one user each ACKD a different message and QUIT: exactly those two go."""
     stored = fill(dovecot, "bob", [message(i) for i in range(1, 6)])

@@ -373,3 +373,17 @@ async def test_uw_compat_over_partial_fetches(dovecot):
         await box.close()
     finally:
         await s.aclose()
+
+
+@pytest.mark.parametrize("tls", ["none", "starttls", "implicit"])
+async def test_backend_socket_sends_without_delay(dovecot, tls):
+    """TCP_NODELAY on every backend socket: a small command never waits on the server's delayed ACK."""
+    s = make_store(dovecot, tls=tls)
+    try:
+        box = await s.login("alice", USERS["alice"], fresh_peer())
+        assert box is not None
+        sock = box.conn._imap.sock
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        await box.close()
+    finally:
+        await s.aclose()

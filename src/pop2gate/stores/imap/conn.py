@@ -9,12 +9,13 @@ a credential.
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import ipaddress
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -97,6 +98,10 @@ def connect(target: Target, peer: tuple[str, int] | None) -> ImapConn:
     except _FAILURES as err:
         raise ConnError(f"connect {target.host}:{target.port}: {_reason(err)}") from None
     imap.max_literal = target.max_literal
+    # Commands are small and each waits for its answer: Nagle's algorithm meeting the server's
+    # delayed ACK would stall each one for tens of milliseconds.
+    with contextlib.suppress(OSError):
+        imap.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn = ImapConn(imap)
     try:
         if target.tls == "starttls":
@@ -142,6 +147,8 @@ class ImapConn:
         self._lock = threading.Lock()
         self._broken = False
         self.readonly = False
+        self.sequence: list[int] = []  # the selected folder's UIDs in sequence order
+        self.gone: set[int] = set()  # UIDs another client expunged since the snapshot
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -167,6 +174,7 @@ class ImapConn:
         typ: str
         dat: list[bytes | None]
         typ, dat = imap._simple_command(*args)  # imaplib's own command runner (untyped)
+        self._note_expunges(imap.untagged_responses.pop("EXPUNGE", []))
         if "UIDVALIDITY" in imap.untagged_responses:
             # UIDs no longer name the messages they named at SELECT.
             raise ConnError("UIDVALIDITY changed during the session")
@@ -282,15 +290,37 @@ class ImapConn:
 
         return self._guarded("SELECT", run)
 
+    def _note_expunges(self, numbers: Sequence[object]) -> None:
+        """Untagged EXPUNGE responses, in the order they came: each removes the message at that
+        sequence number, so the UIDs another client removed are known (`gone`)."""
+        for raw in numbers:
+            n = int(raw) if isinstance(raw, bytes) and raw.isdigit() else 0
+            if 1 <= n <= len(self.sequence):
+                self.gone.add(self.sequence.pop(n - 1))
+
+    def noop(self) -> None:
+        """NOOP: lets the server tell what changed (EXPUNGE responses land in `gone`)."""
+
+        def run() -> None:
+            typ, _, _ = self._run("NOOP")
+            if typ != "OK":
+                raise ConnError(f"NOOP: {typ}")
+
+        self._guarded("NOOP", run)
+
     def snapshot(self) -> list[tuple[int, int, bool]]:
-        """(UID, RFC822.SIZE, seen) of every message not flagged \\Deleted, by UID."""
+        """(UID, RFC822.SIZE, seen) of every message not flagged \\Deleted, by UID. Every UID
+        in sequence order is kept (`sequence`), to map later EXPUNGE responses to UIDs."""
 
         def run() -> list[tuple[int, int, bool]]:
+            self.sequence, self.gone = [], set()
             typ, _, items = self._run("UID", "FETCH", "1:*", "(UID RFC822.SIZE FLAGS)")
             if typ != "OK":
                 raise ConnError(f"UID FETCH: {typ}")
             out: list[tuple[int, int, bool]] = []
-            for uid, data in fetch_by_uid(items).items():
+            by_uid = fetch_by_uid(items)
+            self.sequence = sorted(by_uid)  # UIDs ascend with sequence numbers (RFC 3501)
+            for uid, data in by_uid.items():
                 size, flags = data.get("RFC822.SIZE"), data.get("FLAGS")
                 if not isinstance(size, str) or not size.isdigit() or not isinstance(flags, list):
                     raise ConnError(f"UID FETCH: incomplete data for UID {uid}")

@@ -152,23 +152,38 @@ class ImapMailbox:
         uid = int(msg.id) if msg.id.isdigit() else None
         return uid if uid in self.sizes else None
 
-    async def _ended(self, uid: int) -> int:
-        """The message's octets with its last line ended: RFC822.SIZE and its last two octets."""
-        if uid not in self.ended:
+    async def _ended(self, uid: int, recheck: bool = False) -> int:
+        """The message's octets with its last line ended: RFC822.SIZE and its last two octets.
+
+        0 for a message another client removed: the EXPUNGE responses the server sends with
+        any command are noted, announcing a message again (`recheck`: READ, NACK) asks with a
+        NOOP first (its count would otherwise be the old one), and a size whose last octets do not come
+        back in full is not confirmed, so never announced."""
+        if recheck and uid in self.ended:
+            await self._call("NOOP", self.conn.noop)
+        if uid in self.conn.gone:
+            self.ended[uid] = 0
+        elif uid not in self.ended:
             size = self.sizes[uid]
             if size == 0:
                 self.ended[uid] = 0
             else:
-                tail = await self._call("UID FETCH", self.conn.fetch_body, uid, max(size - 2, 0), 2)
-                # None: another client removed it
-                self.ended[uid] = 0 if tail is None else ended_size(size, tail)
+                want = min(size, 2)
+                tail = await self._call("UID FETCH", self.conn.fetch_body, uid, size - want, want)
+                if tail is not None and len(tail) != want:
+                    log.warning("backend %s: user %r: UID %d: RFC822.SIZE %d not confirmed by its last "
+                                "octets; read as no message", self.store.name, self.user, uid, size)
+                if tail is None or len(tail) != want or uid in self.conn.gone:
+                    self.ended[uid] = 0  # removed, or its size cannot be confirmed
+                else:
+                    self.ended[uid] = ended_size(size, tail)
         return self.ended[uid]
 
     async def wire_size(self, msg: MessageRef) -> int:
         uid = self._uid(msg)
         if uid is None:
             return 0
-        return self.store.form.size(await self._ended(uid), msg.seen)
+        return self.store.form.size(await self._ended(uid, recheck=True), msg.seen)
 
     async def fetch(self, msg: MessageRef) -> AsyncGenerator[bytes, None]:
         uid = self._uid(msg)
