@@ -110,6 +110,10 @@ class FakeConn:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
+        self.gone: set[int] = set()  # nobody else expunges here
+
+    def noop(self) -> None:
+        pass
 
     def fetch_body(self, uid: int, offset: int | None = None, length: int | None = None) -> bytes:
         if offset is None:

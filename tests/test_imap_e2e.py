@@ -211,7 +211,7 @@ async def test_routing_users_and_master_login(dovecot, gate):
     dead = ScriptedServer(hang_up, HOST)
     try:
         g = await gate([{"name": "dead", "type": "imap", "url": f"imap://{HOST}:{dead.port}", "tls": "none"},
-                        backend(dovecot)],
+                        {**backend(dovecot), "master_login": True}],
                        routing={"default": "dead", "users": {"carol": "dc"}, "domains": {"example.org": "dead"}})
         c = await g.client()
         assert await c.helo(f"carol*{MASTER[0]}", MASTER[1]) == 1

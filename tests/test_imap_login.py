@@ -6,8 +6,11 @@ path (quoted strings and literals) is checked octet for octet.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import threading
+import time
 
 import pytest
 
@@ -15,6 +18,8 @@ from helpers import ScriptConn, ScriptedServer
 from pop2gate.config import Limits
 from pop2gate.stores.base import Peer, StoreError
 from pop2gate.stores.imap import ImapBackend, ImapStore, split_master
+from pop2gate.stores.imap.store import honours_authzid
+from pop2gate.stores.imap.wire import id_name
 
 LITERAL = re.compile(rb"\{(\d+)(\+?)\}$")
 
@@ -221,3 +226,60 @@ async def test_uw_form_across_pieces(scripted, chunk):
         out += piece
     assert out == wire
     await box.close()
+
+
+async def test_a_login_whose_session_gives_way_leaves_no_backend_connection():
+    """The session is cancelled (it gave way) while the backend is still logging it in: once
+    the login completes, the connection it opened is dropped and closed, not left logged in."""
+    closed = threading.Event()
+
+    def slow_server(conn: ScriptConn) -> None:
+        conn.send(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
+        while line := conn.readline():
+            tag = line.split(b" ", 1)[0]
+            if b" LOGIN " in line.upper():
+                time.sleep(0.5)  # the session gives way meanwhile
+                conn.send(tag + b" OK logged in\r\n")
+            else:
+                conn.send(tag + b" OK done\r\n")
+        closed.set()  # the gateway closed its side
+
+    with ScriptedServer(slow_server) as server:
+        store = ImapStore(imap_backend(server), Limits())
+        try:
+            task = asyncio.create_task(store.login("alice", "pw", Peer("127.0.0.9", 1)))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await asyncio.to_thread(closed.wait, 5)
+        finally:
+            await store.aclose()
+
+
+async def test_master_login_is_off_unless_enabled(scripted):
+    script, store = await scripted(login_ok=True)
+    assert await store.login("alice*admin", "pw", Peer("127.0.0.9", 1)) is None
+    assert script.commands == []  # refused before any connection
+
+
+async def test_master_login_refused_where_the_server_cannot_confirm_it():
+    """A server that does not say (ID) it is one that honours the authorization identity:
+    `user*admin` is refused after the login, never served."""
+    script = ImapScript(login_ok=True, caps="IMAP4rev1 AUTH=PLAIN")
+    with ScriptedServer(script) as server:
+        backend = ImapBackend(name="s", type="imap", url=f"imap://127.0.0.1:{server.port}", tls="none",
+                              timeout=5, master_login=True)
+        store = ImapStore(backend, Limits())
+        try:
+            assert await store.login("alice*admin", "pw", Peer("127.0.0.9", 1)) is None
+        finally:
+            await store.aclose()
+
+
+def test_id_name():
+    assert id_name(b'("name" "Dovecot" "version" "2.3")') == "Dovecot"
+    assert id_name(b'("version" "1" "NAME" "Cyrus IMAPd")') == "Cyrus IMAPd"
+    assert id_name(b"NIL") is None
+    assert honours_authzid("Dovecot") and honours_authzid("Cyrus IMAP") and not honours_authzid(None)
+    assert not honours_authzid("Courier-IMAP")

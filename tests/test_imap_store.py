@@ -176,12 +176,15 @@ async def test_quotes_and_backslash_in_password(dovecot, store):
 async def test_master_user_login(dovecot, store):
     dovecot.clear("carol")
     dovecot.append("carol", b"Subject: for carol\r\n\r\nx\r\n")
+    assert await store.login(f"carol*{MASTER[0]}", MASTER[1], PEER) is None  # master_login is off
+    store = make_store(dovecot, master_login=True)  # Dovecot names itself in ID: confirmed
     box = await store.login(f"carol*{MASTER[0]}", MASTER[1], PEER)
     assert box is not None
     refs = await box.select("INBOX")
     assert await drain(box, refs[0]) == b"Subject: for carol\r\n\r\nx\r\n"
     await box.close()
     assert await store.login(f"carol*{MASTER[0]}", "wrong", fresh_peer()) is None
+    await store.aclose()
 
 
 async def test_id_sends_client_address(dovecot, store):

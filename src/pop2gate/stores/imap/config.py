@@ -33,6 +33,7 @@ class ImapBackend(BackendConfig):
     ca_file: Path | None = None
     timeout: float | None = Field(None, gt=0)
     allow_plaintext: bool = False
+    master_login: bool = False  # UW's `HELO user*admin`: off unless the operator enables it
 
     @model_validator(mode="after")
     def _check_url(self) -> ImapBackend:

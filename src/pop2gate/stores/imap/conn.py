@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .config import TlsMode
-from .wire import FetchPiece, ParseError, fetch_by_uid, list_delimiter, quotable, quote, uid_set
+from .wire import FetchPiece, ParseError, fetch_by_uid, id_name, list_delimiter, quotable, quote, uid_set
 
 # imaplib only sends commands it knows; ID (RFC 2971) is valid in every state.
 imaplib.Commands.setdefault("ID", ("NONAUTH", "AUTH", "SELECTED"))
@@ -147,6 +147,7 @@ class ImapConn:
         self._lock = threading.Lock()
         self._broken = False
         self.readonly = False
+        self.server_name: str | None = None  # what the server's ID answer calls it
         self.sequence: list[int] = []  # the selected folder's UIDs in sequence order
         self.gone: set[int] = set()  # UIDs another client expunged since the snapshot
 
@@ -182,6 +183,8 @@ class ImapConn:
         return typ, text, imap.untagged_responses.pop("FETCH", [])
 
     def _send_id(self, host: str, port: int) -> None:
+        """ID (RFC 2971): the real client's address where it has one; the server's answer
+        names the server (`server_name`)."""
         try:
             addr = ipaddress.ip_address(host)
         except ValueError:
@@ -194,7 +197,9 @@ class ImapConn:
         except imaplib.IMAP4.abort:
             raise
         except imaplib.IMAP4.error:
-            pass  # a server that rejects ID still serves mail
+            return  # a server that rejects ID still serves mail
+        answers = self._imap.untagged_responses.get("ID", [])
+        self.server_name = id_name(answers[-1]) if answers and isinstance(answers[-1], bytes) else None
 
     # Login
 

@@ -58,12 +58,22 @@ def imap_name(folder: str, delimiter: str | None) -> str | None:
     return encode_mutf7((delimiter or FOLDER_SEPARATOR).join(levels))
 
 
+# Servers whose SASL PLAIN login with an authorization identity opens that identity's mailbox
+# (Dovecot master users, Cyrus proxy servers), by the name their ID answer gives.
+AUTHZID_SERVERS = ("dovecot", "cyrus")
+
+
+def honours_authzid(server_name: str | None) -> bool:
+    return server_name is not None and server_name.lower().startswith(AUTHZID_SERVERS)
+
+
 class ImapStore:
     """A `[[backend]] type = "imap"`: checks HELO credentials against the IMAP server."""
 
     def __init__(self, backend: ImapBackend, limits: Limits, budget: ByteBudget | None = None, *,
                  uw_compat: bool = False) -> None:
         self.name = backend.name
+        self.master_login = backend.master_login
         self.limits = limits
         self.form = WireForm(uw_compat)
         _, host, port = backend.address()
@@ -89,6 +99,9 @@ class ImapStore:
         ids = split_master(user)
         if ids is None:
             return None
+        if ids[0] and not self.master_login:
+            log.warning("backend %s: %r is a master login, and master_login is off", self.name, user)
+            return None
         # Logins may wait on the backend (its login processes, its penalty for
         # failures); they get at most half the workers, so sessions already
         # logged in always have threads to finish and free the backend's slots.
@@ -101,6 +114,13 @@ class ImapStore:
                 raise StoreError(UNAVAILABLE) from None
         if conn is None:
             log.info("backend %s: login refused for %r", self.name, user)
+            return None
+        if ids[0] and not honours_authzid(conn.server_name):
+            # A server that ignores the authorization identity would open the admin's own
+            # mailbox, or another one than the log names: refuse what cannot be confirmed.
+            log.warning("backend %s: master login %r refused: the server (ID name %r) is not one known "
+                        "to open the authorization identity's mailbox", self.name, user, conn.server_name)
+            await self.run(conn.logout)
             return None
         return ImapMailbox(self, conn, user)
 

@@ -223,3 +223,12 @@ def list_delimiter(line: bytes) -> str | None:
             raise ParseError("hierarchy delimiter is not ASCII")
         return delim.decode("ascii")
     return None
+
+
+_ID_NAME = re.compile(rb'"name"\s+"((?:[^"\\]|\\.)*)"', re.IGNORECASE)
+
+
+def id_name(answer: bytes) -> str | None:
+    """The `name` field of an untagged ID answer (RFC 2971), None when it gives none."""
+    m = _ID_NAME.search(answer)
+    return _UNQUOTE.sub(rb"\1", m.group(1)).decode("utf-8", "replace") if m else None
