@@ -3,6 +3,8 @@
 # real IMAP backend, openssl for the test CA, Debian's python3 with venv for the
 # privilege-drop tests. With "venv": only python3-venv.
 set -eu
+courier=""
+cyrus=""
 if [ "${1:-}" = "venv" ]; then
     pkgs="python3-venv"
 else
@@ -12,8 +14,16 @@ else
     # privilege-drop tests run pop2gate from a venv of Debian's python3, outside /root
     /usr/bin/python3 -c "import ensurepip" 2>/dev/null || pkgs="$pkgs python3 python3-venv"
     command -v setpriv >/dev/null 2>&1 || pkgs="$pkgs util-linux"
+    # Courier-IMAP (tests/courier.py) conflicts with dovecot-imapd: its dependencies from apt,
+    # the package itself unpacked into a private root (below)
+    { [ -x /usr/sbin/couriertcpd ] && [ -x /usr/sbin/makeuserdb ]; } ||
+        pkgs="$pkgs courier-base courier-authlib courier-authlib-userdb libcourier-unicode4 libgamin0 libgdbm6 libidn12"
+    [ -x /opt/pop2gate-test/courier/usr/bin/imapd ] || courier=/opt/pop2gate-test/courier
+    # Cyrus (tests/cyrus.py) conflicts with dovecot-imapd too: same way, into its own root (below)
+    [ -x /opt/pop2gate-test/cyrus/usr/lib/cyrus/bin/master ] && [ -x /usr/sbin/saslpasswd2 ] ||
+        cyrus=/opt/pop2gate-test/cyrus
 fi
-[ -n "$pkgs" ] || exit 0
+[ -n "$pkgs$courier$cyrus" ] || exit 0
 if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
         echo "need root to install:$pkgs" >&2; exit 1; fi
@@ -21,3 +31,27 @@ else SUDO=""; fi
 echo "installing:$pkgs"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+[ -z "$courier" ] || {
+    echo "unpacking courier-imap into $courier"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && $SUDO apt-get download -qq courier-imap)
+    $SUDO rm -rf "$courier.new"
+    $SUDO mkdir -p "$courier.new"
+    $SUDO dpkg -x "$tmp"/courier-imap_*.deb "$courier.new"
+    $SUDO mv "$courier.new" "$courier"
+    rm -rf "$tmp"
+}
+[ -z "$cyrus" ] || {
+    echo "unpacking cyrus-imapd into $cyrus"
+    # its shared libraries from apt (not cyrus-common's scripts and MTA), sasl2-bin for saslpasswd2
+    libs=$(apt-cache depends cyrus-common cyrus-imapd | awk '$1 == "Depends:" && $2 ~ /^lib/ {print $2}' | sort -u)
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        sasl2-bin libsasl2-modules $libs >/dev/null
+    tmp=$(mktemp -d) && chmod 755 "$tmp"  # readable by apt's _apt user
+    (cd "$tmp" && $SUDO apt-get download -qq cyrus-common cyrus-imapd)
+    $SUDO rm -rf "$cyrus.new" "$cyrus"
+    $SUDO mkdir -p "$cyrus.new"
+    for deb in "$tmp"/cyrus-common_*.deb "$tmp"/cyrus-imapd_*.deb; do $SUDO dpkg -x "$deb" "$cyrus.new"; done
+    $SUDO mv "$cyrus.new" "$cyrus"
+    rm -rf "$tmp"
+}

@@ -1,0 +1,233 @@
+"""A private Cyrus IMAP for the tests: own config, partition, sasldb, loopback port.
+
+Debian's cyrus-imapd conflicts with dovecot-imapd, so scripts/install-test-deps.sh
+unpacks the packages into CYRUS_ROOT instead of installing them. `master` runs
+as root and drops to `nobody` (cyrus_user). Cyrus logs only to syslog.
+
+Two layouts: "unix" ('/' separator, altnamespace: folders beside INBOX) and
+"debian" (Debian's default: '.' separator, folders under INBOX.).
+Cyrus refuses bare LF in APPEND: deliver CRLF messages.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+CYRUS_ROOT = Path(os.environ.get("POP2GATE_CYRUS_ROOT", "/opt/pop2gate-test/cyrus"))
+BIN = CYRUS_ROOT / "usr/lib/cyrus/bin"
+LIBS = ":".join(str(p) for p in CYRUS_ROOT.glob("usr/lib/*-linux-gnu"))  # libcyrus*.so
+SASLPASSWD = "/usr/sbin/saslpasswd2"
+HOST = "127.0.0.1"
+USERS = {"alice": "alice-pw", "bob": "b o b pw"}
+ADMIN = ("cyradmin", "admin-pw")
+RUN_AS = "nobody"
+LAYOUTS = {"unix": ("yes", "yes", "/"), "debian": ("no", "no", ".")}
+
+IMAPD_CONF = """\
+configdirectory: {root}/conf
+defaultpartition: default
+partition-default: {root}/part
+cyrus_user: {run_as}
+admins: {admin}
+sasl_pwcheck_method: auxprop
+sasl_auxprop_plugin: sasldb
+sasl_sasldb_path: {root}/sasldb2
+sasl_mech_list: PLAIN LOGIN
+allowplaintext: yes
+failedloginpause: 0
+unixhierarchysep: {unixsep}
+altnamespace: {altns}
+lmtpsocket: {root}/conf/socket/lmtp
+idlesocket: {root}/conf/socket/idle
+notifysocket: {root}/conf/socket/notify
+syslog_prefix: p2g-cyrus-{port}
+"""
+
+# Commands by absolute path: Debian's build ignores serverpath for cyrus.conf.
+CYRUS_CONF = """\
+START {{
+  recover cmd="{bin}/ctl_cyrusdb -C {root}/imapd.conf -r"
+}}
+SERVICES {{
+  imap cmd="{bin}/imapd -C {root}/imapd.conf" listen="{host}:{port}" prefork=0 maxchild=100
+}}
+"""
+
+
+class CyrusError(RuntimeError):
+    """The test Cyrus could not be started."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Cyrus:
+    """One private Cyrus instance; `start()` then `stop()`."""
+
+    def __init__(self, layout: str = "unix") -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {sorted(LAYOUTS)}")
+        self.layout = layout
+        self.sep = LAYOUTS[layout][2]
+        self.root = Path(tempfile.mkdtemp(prefix="p2g-cy-"))
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def folder(self, name: str) -> str:
+        """The IMAP name of a user's folder `name` ("a/b") in this layout."""
+        if name == "INBOX":
+            return name
+        path = name.replace("/", self.sep)
+        return path if self.layout == "unix" else f"INBOX{self.sep}{path}"
+
+    def start(self) -> Cyrus:
+        """Set up, launch, create each user's mailbox as admin; on any failure clean up."""
+        try:
+            if not os.access(BIN / "master", os.X_OK):
+                raise CyrusError(f"{BIN}/master missing: run scripts/install-test-deps.sh")
+            self._set_up()
+            self._launch()
+            for user in USERS:
+                self._admin("CREATE", _q(f"user{self.sep}{user}"))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _set_up(self) -> None:
+        """Write the configs, the sasldb and the directories, owned by RUN_AS."""
+        unixsep, altns, _ = LAYOUTS[self.layout]
+        for sub in ("conf/socket", "conf/proc", "conf/db", "part"):
+            (self.root / sub).mkdir(parents=True)
+        (self.root / "imapd.conf").write_text(IMAPD_CONF.format(
+            root=self.root, run_as=RUN_AS, admin=ADMIN[0], unixsep=unixsep, altns=altns, port=self.port))
+        (self.root / "cyrus.conf").write_text(CYRUS_CONF.format(
+            bin=BIN, root=self.root, host=HOST, port=self.port))
+        sasldb = self.root / "sasldb2"
+        for user, password in [*USERS.items(), ADMIN]:
+            subprocess.run([SASLPASSWD, "-f", str(sasldb), "-c", "-p", user],
+                           input=password.encode(), check=True, capture_output=True)
+        pw = pwd.getpwnam(RUN_AS)
+        os.chmod(self.root, 0o755)
+        for path in [self.root, *self.root.rglob("*")]:
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+
+    def _launch(self) -> None:
+        """Start `master` in its own process group; wait until IMAP answers."""
+        env = {**os.environ, "LD_LIBRARY_PATH": LIBS}
+        self.proc = subprocess.Popen(
+            [str(BIN / "master"), "-C", str(self.root / "imapd.conf"), "-M", str(self.root / "cyrus.conf"),
+             "-D", "-p", str(self.root / "master.pid")],
+            env=env, cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+                raise CyrusError(f"cyrus master exited {self.proc.returncode} (it logs to syslog only): {out}")
+            try:
+                with imaplib.IMAP4(HOST, self.port, timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise CyrusError(f"cyrus did not answer on {HOST}:{self.port}")
+
+    def stop(self) -> None:
+        """End master and its children (one process group), then remove the files."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # Test-side IMAP access, straight to Cyrus.
+
+    def imap(self, user: str) -> imaplib.IMAP4:
+        c = imaplib.IMAP4(HOST, self.port, timeout=10)
+        c.login(user, ADMIN[1] if user == ADMIN[0] else USERS[user])
+        return c
+
+    def _admin(self, *args: str) -> None:
+        c = self.imap(ADMIN[0])
+        try:
+            typ, dat = c._simple_command(*args)
+            assert typ == "OK", dat
+        finally:
+            c.logout()
+
+    def create(self, user: str, folder: str) -> None:
+        """Create `folder` ("a/b", layout-neutral) for `user`."""
+        c = self.imap(user)
+        try:
+            typ, dat = c._simple_command("CREATE", _q(self.folder(folder)))
+            assert typ == "OK", dat
+        finally:
+            c.logout()
+
+    def append(self, user: str, data: bytes, folder: str = "INBOX", flags: str = "") -> int:
+        """Store `data` (CRLF lines) byte for byte in an existing folder; return its UID."""
+        c = self.imap(user)
+        try:
+            c.literal = data  # type: ignore[assignment]  # imaplib sends it as the literal
+            typ, dat = c._simple_command("APPEND", _q(self.folder(folder)), f"({flags})")
+            assert typ == "OK", dat
+            code = c.untagged_responses.get("APPENDUID", [b""])[-1]
+            assert isinstance(code, bytes), code
+            return int(code.split()[1])
+        finally:
+            c.logout()
+
+    def bodies(self, user: str, folder: str = "INBOX") -> dict[int, bytes]:
+        """UID -> stored octets of every message (read with PEEK)."""
+        c = self.imap(user)
+        try:
+            typ, dat = c.select(_q(self.folder(folder)), readonly=True)
+            assert typ == "OK", dat
+            out: dict[int, bytes] = {}
+            if dat[-1] == b"0":
+                return out
+            typ, data = c.uid("FETCH", "1:*", "(UID BODY.PEEK[])")
+            assert typ == "OK", data
+            for item in data:
+                if isinstance(item, tuple):
+                    uid = int(item[0].split(b"UID ")[1].split()[0])
+                    out[uid] = item[1]
+            return out
+        finally:
+            c.logout()
+
+    def list(self, user: str) -> list[tuple[str, str]]:
+        """(separator, name) of every folder `user` sees."""
+        c = self.imap(user)
+        try:
+            typ, data = c.list()
+            assert typ == "OK", data
+            out = []
+            for item in data:
+                assert isinstance(item, bytes), item
+                rest = item.decode().split(") ", 1)[1]
+                sep, name = rest.split(" ", 1)
+                out.append((sep.strip('"'), name.strip('"')))
+            return out
+        finally:
+            c.logout()
+
+
+def _q(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
