@@ -13,13 +13,12 @@ from __future__ import annotations
 import imaplib
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from dovecot import HOST, USERS, Dovecot, _mail_uid, free_port
+from imapserver import stop_group, wait_for_imap
 
 COURIER_ROOT = Path("/opt/pop2gate-test/courier")
 IMAPD = COURIER_ROOT / "usr/bin/imapd"
@@ -117,17 +116,10 @@ class Courier:
             self.proc = subprocess.Popen(
                 ["unshare", "-m", "sh", "-c", LAUNCH, "courier", str(self.root), str(self.port)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise CourierError(f"courier exited ({self.proc.returncode}):\n{self.log()}")
-            try:
-                with imaplib.IMAP4(HOST, self.port, timeout=2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise CourierError(f"courier did not answer on {HOST}:{self.port}\n{self.log()}")
+        proc = self.proc
+        wait_for_imap(proc, HOST, self.port, lambda: f"courier exited ({proc.returncode}):\n{self.log()}",
+                      self.stop, CourierError)
+        return self
 
     def log(self) -> str:
         try:
@@ -137,18 +129,7 @@ class Courier:
 
     def stop(self) -> None:
         """End the whole instance (its own process group) and remove its files."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        if self.proc:
-            try:  # authdaemond and sessions still alive in the group
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_group(self.proc)
         shutil.rmtree(self.root, ignore_errors=True)
 
     # Test-side IMAP access, straight to Courier; the rest is plain IMAP, as for Dovecot.

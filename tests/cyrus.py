@@ -15,18 +15,17 @@ import imaplib
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from dovecot import HOST, free_port
+from imapserver import stop_group, wait_for_imap
 
 CYRUS_ROOT = Path(os.environ.get("POP2GATE_CYRUS_ROOT", "/opt/pop2gate-test/cyrus"))
 BIN = CYRUS_ROOT / "usr/lib/cyrus/bin"
 LIBS = ":".join(str(p) for p in CYRUS_ROOT.glob("usr/lib/*-linux-gnu"))  # libcyrus*.so
 SASLPASSWD = "/usr/sbin/saslpasswd2"
-HOST = "127.0.0.1"
 USERS = {"alice": "alice-pw", "bob": "b o b pw"}
 ADMIN = ("cyradmin", "admin-pw")
 RUN_AS = "nobody"
@@ -66,12 +65,6 @@ SERVICES {{
 class CyrusError(RuntimeError):
     """The test Cyrus could not be started."""
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Cyrus:
@@ -132,28 +125,17 @@ class Cyrus:
             [str(BIN / "master"), "-C", str(self.root / "imapd.conf"), "-M", str(self.root / "cyrus.conf"),
              "-D", "-p", str(self.root / "master.pid")],
             env=env, cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
-                raise CyrusError(f"cyrus master exited {self.proc.returncode} (it logs to syslog only): {out}")
-            try:
-                with imaplib.IMAP4(HOST, self.port, timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise CyrusError(f"cyrus did not answer on {HOST}:{self.port}")
+        proc = self.proc
+
+        def exited() -> str:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            return f"cyrus master exited {proc.returncode} (it logs to syslog only): {out}"
+
+        wait_for_imap(proc, HOST, self.port, exited, self.stop, CyrusError)
 
     def stop(self) -> None:
         """End master and its children (one process group), then remove the files."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
         shutil.rmtree(self.root, ignore_errors=True)
 
     # Test-side IMAP access, straight to Cyrus.

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from imapserver import wait_for_imap
+
 DOVECOT = "/usr/sbin/dovecot"
 HOST = "127.0.0.1"
 # Also a loopback address, but one the certificate does not name.
@@ -159,17 +161,11 @@ class Dovecot:
         conf = self.root / "dovecot.conf"
         self.proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise DovecotError(f"dovecot exited: {self.proc.stdout.read().decode()}\n{self.log()}")
-            try:
-                with imaplib.IMAP4(HOST, self.port, timeout=2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise DovecotError(f"dovecot did not answer on {HOST}:{self.port}\n{self.log()}")
+        proc = self.proc
+        wait_for_imap(proc, HOST, self.port,
+                      lambda: f"dovecot exited: {proc.stdout.read().decode() if proc.stdout else ''}\n{self.log()}",
+                      self.stop, DovecotError)
+        return self
 
     def log(self) -> str:
         try:
