@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs the system packages the test suite needs (Debian): Dovecot for the
-# real IMAP backend, openssl for the test CA, Debian's python3 with venv for the
+# real IMAP backend (and its POP3 server for the benchmark), openssl for the test CA, Debian's python3 with venv for the
 # privilege-drop tests. With "venv": only python3-venv.
 set -eu
 courier=""
@@ -10,6 +10,8 @@ if [ "${1:-}" = "venv" ]; then
 else
     pkgs=""
     [ -x /usr/sbin/dovecot ] || pkgs="$pkgs dovecot-imapd"
+    # Dovecot's own POP3 server: the peer of the Maildir store in `make bench` (S5)
+    [ -x /usr/lib/dovecot/pop3 ] || pkgs="$pkgs dovecot-pop3d"
     command -v openssl >/dev/null 2>&1 || pkgs="$pkgs openssl"
     # privilege-drop tests run pop2gate from a venv of Debian's python3, outside /root
     /usr/bin/python3 -c "import ensurepip" 2>/dev/null || pkgs="$pkgs python3 python3-venv"
