@@ -106,7 +106,8 @@ def mb(octets: float) -> str:
 
 
 class Bench:
-    def __init__(self, sizes: Sizes, root: Path, servers: Sequence[str]) -> None:
+    def __init__(self, sizes: Sizes, root: Path, servers: Sequence[str], only: Sequence[str]) -> None:
+        self.only = only
         self.z = sizes
         self.root = root
         self.servers = servers
@@ -133,12 +134,9 @@ class Bench:
         try:
             progress("warming Dovecot's indexes")
             run_load([Job("imap-select", dc.port, u) for u in corpora], procs=2)
-            self.s1(dc)
-            self.s3(dc)
-            self.s4(dc)
-            self.s2(dc)
-            self.s5(dc)
-            self.per_server(dc)
+            for name in ("S1", "S3", "S4", "S2", "S5", "servers"):
+                if name in self.only:
+                    getattr(self, name.lower().replace("servers", "per_server"))(dc)
         finally:
             dc.stop()
 
@@ -351,12 +349,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE.parent / "docs" / "benchmarks.md", help="report file")
     ap.add_argument("--servers", default="cyrus-unix,cyrus-debian,courier",
                     help="other IMAP servers for the per-server S1 (comma-separated; empty for none)")
+    ap.add_argument("--only", default="S1,S2,S3,S4,S5,servers",
+                    help="scenarios to run (comma-separated), for work on one of them")
     args = ap.parse_args()
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pop2gate-bench-") as tmp:
         bench = Bench(SMOKE if args.smoke else FULL, Path(tmp),
-                      [s for s in args.servers.split(",") if s])
+                      [s for s in args.servers.split(",") if s], args.only.split(","))
         bench.run()
     command = " ".join(["bench/run.py", *sys.argv[1:]])
     args.out.write_text(report(bench, command, started, time.monotonic() - t0))

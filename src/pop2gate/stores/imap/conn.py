@@ -150,6 +150,7 @@ class ImapConn:
         self.server_name: str | None = None  # what the server's ID answer calls it
         self.sequence: list[int] = []  # the selected folder's UIDs in sequence order
         self.gone: set[int] = set()  # UIDs another client expunged since the snapshot
+        self.replies = 0  # tagged replies received: each brings what changed on the server
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -175,6 +176,7 @@ class ImapConn:
         typ: str
         dat: list[bytes | None]
         typ, dat = imap._simple_command(*args)  # imaplib's own command runner (untyped)
+        self.replies += 1
         self._note_expunges(imap.untagged_responses.pop("EXPUNGE", []))
         if "UIDVALIDITY" in imap.untagged_responses:
             # UIDs no longer name the messages they named at SELECT.
@@ -350,6 +352,22 @@ class ImapConn:
             if body is not None and not isinstance(body, bytes):
                 raise ConnError("UID FETCH: unreadable body")
             return body
+
+        return self._guarded("UID FETCH", run)
+
+    def fetch_bodies(self, uids: Sequence[int]) -> dict[int, bytes]:
+        """`BODY.PEEK[]` of several messages in one `UID FETCH`; those gone are missing."""
+
+        def run() -> dict[int, bytes]:
+            typ, text, items = self._run("UID", "FETCH", uid_set(uids), "(BODY.PEEK[])")
+            if typ != "OK" and not _expunge_issued(typ, text):
+                raise ConnError(f"UID FETCH: {typ}")
+            out: dict[int, bytes] = {}
+            for uid, data in fetch_by_uid(items).items():
+                body = data.get("BODY[]")
+                if uid in uids and isinstance(body, bytes):
+                    out[uid] = body
+            return out
 
         return self._guarded("UID FETCH", run)
 

@@ -6,6 +6,9 @@ BODY.PEEK[] (never marking them seen) in pieces of `imap_fetch_chunk`; the bytes
 being read from the backends across all sessions are capped by `imap_fetch_memory`
 (`budget`). A piece that has arrived leaves the budget before the session writes it,
 so a client that stops reading holds one piece of its own, never the shared budget.
+Small messages are read ahead, many in one UID FETCH (`imap_readahead`); those bodies
+stay in the budget until sent, taken only when there is room at once and never more
+than half of it, so they cannot make a read that a client waits for wait.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ UNAVAILABLE = "Mail server unavailable"
 FAILED = "Mail server error"
 SIZE_MISMATCH = "Message size changed on server"
 NO_MEMORY = "No room in imap_fetch_memory"
+_READ_AHEAD_MESSAGES = 100  # messages in one read-ahead UID FETCH, at most
 
 
 def split_master(login: str) -> tuple[str, str] | None:
@@ -140,6 +144,10 @@ class ImapMailbox:
         self.ended: dict[int, int] = {}  # UID -> octets with the last line ended (0: gone)
         self._delimiter: str | None = None
         self._delimiter_known = False
+        self._ahead: dict[int, bytes] = {}  # UID -> body read ahead, held in the budget until sent
+        self._answered = -1  # conn.replies when the last answer was given
+        self._order: list[int] = []  # the snapshot's UIDs in order
+        self._position: dict[int, int] = {}  # UID -> its place in _order
 
     async def _call(self, what: str, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         try:
@@ -156,7 +164,7 @@ class ImapMailbox:
         return imap_name(folder, self._delimiter)
 
     async def select(self, folder: str) -> list[MessageRef]:
-        self.folder, self.sizes, self.ended = None, {}, {}
+        self._reset()
         name = await self._imap_name(folder)
         if name is None:
             return []
@@ -166,54 +174,126 @@ class ImapMailbox:
         self.folder = name
         snap = await self._call("UID FETCH", self.conn.snapshot) if exists else []
         self.sizes = {uid: size for uid, size, _ in snap}
+        self._order = [uid for uid, _, _ in snap]
+        self._position = {uid: n for n, uid in enumerate(self._order)}
+        self._answered = self.conn.replies  # the count the client gets now
         return [MessageRef(str(uid), size, seen) for uid, size, seen in snap]
 
     def _uid(self, msg: MessageRef) -> int | None:
         uid = int(msg.id) if msg.id.isdigit() else None
         return uid if uid in self.sizes else None
 
-    async def _ended(self, uid: int, recheck: bool = False) -> int:
-        """The message's octets with its last line ended: RFC822.SIZE and its last two octets.
+    async def _ended(self, uid: int, confirm: bool = True) -> int:
+        """The message's octets with its last line ended: RFC822.SIZE and its last two octets
+        (from the body when it was read ahead). 0 for a message another client removed.
 
-        0 for a message another client removed: the EXPUNGE responses the server sends with
-        any command are noted, announcing a message again (`recheck`: READ, NACK) asks with a
-        NOOP first (its count would otherwise be the old one), and a size whose last octets do not come
-        back in full is not confirmed, so never announced."""
-        if recheck and uid in self.ended:
+        Every answer rests on a server reply received since the previous answer (`confirm`; a
+        NOOP when nothing else was asked), so the EXPUNGE responses the server sends with it
+        are known (`conn.gone`); a size whose last octets do not come back in full is not
+        confirmed, so never announced."""
+        if uid not in self.ended and uid not in self.conn.gone:
+            await self._learn(uid)
+        if confirm and self.conn.replies == self._answered:
             await self._call("NOOP", self.conn.noop)
         if uid in self.conn.gone:
+            self._forget(uid)
             self.ended[uid] = 0
-        elif uid not in self.ended:
-            size = self.sizes[uid]
-            if size == 0:
-                self.ended[uid] = 0
-            else:
-                want = min(size, 2)
-                tail = await self._call("UID FETCH", self.conn.fetch_body, uid, size - want, want)
-                if tail is not None and len(tail) != want:
-                    log.warning("backend %s: user %r: UID %d: RFC822.SIZE %d not confirmed by its last "
-                                "octets; read as no message", self.store.name, self.user, uid, size)
-                if tail is None or len(tail) != want or uid in self.conn.gone:
-                    self.ended[uid] = 0  # removed, or its size cannot be confirmed
-                else:
-                    self.ended[uid] = ended_size(size, tail)
         return self.ended[uid]
+
+    async def _learn(self, uid: int) -> None:
+        size = self.sizes[uid]
+        if size == 0:
+            self.ended[uid] = 0
+        elif not await self._read_ahead(uid):
+            want = min(size, 2)
+            tail = await self._call("UID FETCH", self.conn.fetch_body, uid, size - want, want)
+            self._confirm(uid, tail, want)
+
+    def _confirm(self, uid: int, got: bytes | None, want: int) -> bool:
+        """Note the ended size of `uid` from its last `want` octets as fetched (`got`: the
+        tail, or the whole body); 0 when it is gone or they do not add up."""
+        size = self.sizes[uid]
+        if got is not None and len(got) != want:
+            log.warning("backend %s: user %r: UID %d: RFC822.SIZE %d not confirmed by its last "
+                        "octets; read as no message", self.store.name, self.user, uid, size)
+        if got is None or len(got) != want or uid in self.conn.gone:
+            self.ended[uid] = 0  # removed, or its size cannot be confirmed
+            return False
+        self.ended[uid] = ended_size(size, got[-2:])
+        return True
+
+    async def _read_ahead(self, uid: int) -> bool:
+        """Read `uid` and the small messages after it in one `UID FETCH`, at most
+        `imap_readahead` octets, held in the shared budget until sent; False (nothing read)
+        when `uid` is not small or the budget has no room to spare right now."""
+        limit = self.store.limits.imap_readahead
+        batch: list[int] = []
+        total = 0
+        for next_uid in self._order[self._position.get(uid, len(self._order)):]:
+            size = self.sizes[next_uid]
+            if next_uid in self.ended or size == 0:
+                continue
+            if size * 2 > limit or total + size > limit or len(batch) == _READ_AHEAD_MESSAGES:
+                break
+            batch.append(next_uid)
+            total += size
+        if not batch or batch[0] != uid or not self.store.budget.try_hold(total):
+            return False
+        try:
+            bodies = await self._call("UID FETCH", self.conn.fetch_bodies, batch)
+        except BaseException:
+            self.store.budget.unhold(total)
+            raise
+        for n in batch:
+            body = bodies.get(n)
+            if (n == uid or body is not None) and self._confirm(n, body, self.sizes[n]):
+                assert body is not None
+                self._ahead[n] = body
+            else:
+                self.store.budget.unhold(self.sizes[n])
+        return True
+
+    def _forget(self, uid: int) -> None:
+        body = self._ahead.pop(uid, None)
+        if body is not None:
+            self.store.budget.unhold(len(body))
+
+    def _reset(self) -> None:
+        """Forget the folder: its snapshot, sizes and what was read ahead."""
+        for uid in list(self._ahead):
+            self._forget(uid)
+        self.folder, self.sizes, self.ended = None, {}, {}
 
     async def wire_size(self, msg: MessageRef) -> int:
         uid = self._uid(msg)
         if uid is None:
             return 0
-        return self.store.form.size(await self._ended(uid, recheck=True), msg.seen)
+        ended = await self._ended(uid)
+        self._answered = self.conn.replies
+        return self.store.form.size(ended, msg.seen)
 
     async def fetch(self, msg: MessageRef) -> AsyncGenerator[bytes, None]:
         uid = self._uid(msg)
-        ended = 0 if uid is None else await self._ended(uid)
+        ended = 0 if uid is None else await self._ended(uid, confirm=uid in self._ahead)
+        self._answered = self.conn.replies
         if uid is None or ended == 0:
             raise StoreError("No such message")
+        enc = self.store.form.encoder(msg.seen, bare_lf=False)
+        piece = self.store.limits.retr_chunk_size  # what the session writes at a time
+        body = self._ahead.pop(uid, None)
+        if body is not None:
+            self.store.budget.unhold(len(body))
+            for i in range(0, len(body), piece):
+                out = enc.feed(body[i : i + piece])
+                if out:
+                    yield out
+            del body
+            out = enc.finish()
+            if out:
+                yield out
+            return
         size = self.sizes[uid]
         chunk = self.store.limits.imap_fetch_chunk
-        piece = self.store.limits.retr_chunk_size  # what the session writes at a time
-        enc = self.store.form.encoder(msg.seen, bare_lf=False)
         whole = size <= chunk
         offset, tail = 0, b""
         while offset < size:
@@ -270,7 +350,7 @@ class ImapMailbox:
     async def release(self, deleted: Sequence[MessageRef]) -> None:
         uids = sorted({u for u in (self._uid(m) for m in deleted) if u is not None})
         folder = self.folder
-        self.folder, self.sizes, self.ended = None, {}, {}
+        self._reset()
         if not uids:
             return
         if self.conn.readonly:
@@ -292,7 +372,7 @@ class ImapMailbox:
                  self.store.name, self.user, len(uids), folder)
 
     async def close(self) -> None:
-        self.folder, self.sizes, self.ended = None, {}, {}
+        self._reset()
         try:
             await self.store.run(self.conn.logout)
         except RuntimeError:
