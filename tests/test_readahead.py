@@ -117,8 +117,33 @@ async def test_small_messages_come_in_one_fetch_for_many(dovecot, relayed):
     fetches = relay.commands("UID FETCH")
     assert len(fetches) == 2, fetches  # the snapshot, then every body at once
     assert not relay.commands(r"UID FETCH \d+ \(BODY\.PEEK\[\]<")  # no tail fetches
-    assert len(relay.commands(r"UID STORE [\d:,]+ \+FLAGS\.SILENT \(\\Seen\)")) == 30  # ACKS at once
+    stores = relay.commands(r"UID STORE [\d:,]+ \+FLAGS\.SILENT \(\\Seen\)")
+    assert len(stores) == 1 and uid_count(stores[0].split(b" ")[3]) == 30  # ACKS, all in one
+    assert all(r"\Seen" in flags for flags in dovecot.uids("alice").values())
     assert store.budget.used == 0 and store.budget.held == 0  # all sent, nothing held
+
+
+@pytest.mark.parametrize("end", ["quit", "drop"])
+async def test_acks_flags_arrive_however_the_session_ends(dovecot, relayed, end):
+    fill(dovecot, 4, 100)
+    port, relay, _ = await relayed()
+    c = await AsyncClient.connect(HOST, port, timeout=15)
+    assert await c.helo("alice", USERS["alice"]) == 4
+    assert await c.read(1) > 0
+    for _ in range(3):
+        await c.retr()
+        await c.acks()
+    if end == "quit":
+        await c.quit()
+    else:
+        await c.close()  # gone without QUIT: the flags still go out, nothing is deleted
+    for _ in range(250):
+        if relay.commands(r"LOGOUT"):
+            break
+        await asyncio.sleep(0.02)
+    flags = [f for _, f in sorted(dovecot.uids("alice").items())]
+    assert [r"\Seen" in f for f in flags] == [True, True, True, False]
+    assert not any(r"\Deleted" in f for f in flags)
 
 
 async def test_read_ahead_stops_at_its_octets_and_at_a_large_message(dovecot, relayed):

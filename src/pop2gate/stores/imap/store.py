@@ -39,6 +39,7 @@ FAILED = "Mail server error"
 SIZE_MISMATCH = "Message size changed on server"
 NO_MEMORY = "No room in imap_fetch_memory"
 _READ_AHEAD_MESSAGES = 100  # messages in one read-ahead UID FETCH, at most
+_SEEN_BATCH = 100  # ACKS flags sent in one UID STORE, at most
 
 
 def split_master(login: str) -> tuple[str, str] | None:
@@ -147,6 +148,7 @@ class ImapMailbox:
         self._ahead: dict[int, bytes] = {}  # UID -> body read ahead, held in the budget until sent
         self._answered = -1  # conn.replies when the last answer was given
         self._order: list[int] = []  # the snapshot's UIDs in order
+        self._seen: list[int] = []  # UIDs ACKS marked, their \Seen not yet sent
         self._position: dict[int, int] = {}  # UID -> its place in _order
 
     async def _call(self, what: str, fn: Callable[[*Ts], T], *args: *Ts) -> T:
@@ -164,6 +166,7 @@ class ImapMailbox:
         return imap_name(folder, self._delimiter)
 
     async def select(self, folder: str) -> list[MessageRef]:
+        await self._flush_seen()
         self._reset()
         name = await self._imap_name(folder)
         if name is None:
@@ -240,6 +243,7 @@ class ImapMailbox:
         if not batch or batch[0] != uid or not self.store.budget.try_hold(total):
             return False
         try:
+            await self._flush_seen()
             bodies = await self._call("UID FETCH", self.conn.fetch_bodies, batch)
         except BaseException:
             self.store.budget.unhold(total)
@@ -340,16 +344,25 @@ class ImapMailbox:
         raise StoreError(SIZE_MISMATCH)
 
     async def mark_seen(self, msg: MessageRef) -> None:
+        """Note `msg` for `\\Seen`; the flags go out together, in one `UID STORE`, before the
+        next read-ahead, at every `_SEEN_BATCH` messages, and when the folder is left or
+        the session ends, cleanly or not."""
         uid = self._uid(msg)
-        if uid is None:
-            return
-        if self.conn.readonly:
+        if uid is None or self.conn.readonly:
             return  # nothing to record in a read-only folder
-        await self._call("UID STORE", self.conn.add_flag, [uid], "\\Seen")
+        self._seen.append(uid)
+        if len(self._seen) >= _SEEN_BATCH:
+            await self._flush_seen()
+
+    async def _flush_seen(self) -> None:
+        if self._seen:
+            uids, self._seen = self._seen, []
+            await self._call("UID STORE", self.conn.add_flag, uids, "\\Seen")
 
     async def release(self, deleted: Sequence[MessageRef]) -> None:
         uids = sorted({u for u in (self._uid(m) for m in deleted) if u is not None})
         folder = self.folder
+        await self._flush_seen()
         self._reset()
         if not uids:
             return
@@ -372,6 +385,10 @@ class ImapMailbox:
                  self.store.name, self.user, len(uids), folder)
 
     async def close(self) -> None:
+        try:
+            await self._flush_seen()  # ACKS counts however the session ends
+        except (StoreError, RuntimeError):
+            pass  # logged, or the pool is shut down: the connection is gone either way
         self._reset()
         try:
             await self.store.run(self.conn.logout)
