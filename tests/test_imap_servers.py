@@ -1,0 +1,95 @@
+"""POP2 through pop2gate to each real IMAP server: the same tests against Dovecot, Cyrus in
+both layouts, and Courier (the `imap_server` fixture, tests/backends.py).
+
+Everything is checked against the server itself: the octets are each server's own
+BODY.PEEK[], and what is left, flagged or removed is read back from it afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from backends import ImapServer
+from helpers import Gateways
+from pop2gate.config import parse_config
+from pop2gate.pop2.client import AsyncClient
+
+USER = "alice"
+CORPUS = [
+    b"From: a@example.org\r\nSubject: plain\r\n\r\nhello\r\n",
+    b"Subject: dots\r\n\r\n.\r\n..\r\n.leading dot\r\n. \r\nend\r\n",
+    b"Subject: 8bit body\r\n\r\n" + bytes(range(0x80, 0x100)) + b"\r\n\xe9t\xe9\r\n",
+    b"Subject: long\r\n\r\n" + (b"x" * 998 + b"\r\n") * 40,
+    b"Subject: empty lines\r\n\r\n\r\n\r\n",
+    b"Subject: no final line end\r\n\r\nlast line without end",
+]
+_sources = itertools.count(1)
+
+Connect = Callable[..., Awaitable[AsyncClient]]
+
+
+def fresh_source() -> str:
+    """A loopback source address of its own: servers delay failed logins per address."""
+    n = next(_sources)
+    return f"127.3.{n // 250}.{n % 250 + 1}"
+
+
+def wire(data: bytes) -> bytes:
+    """What POP2 sends for a message: its octets, the last line ended."""
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+@pytest.fixture
+async def gate(imap_server: ImapServer) -> AsyncIterator[Callable[..., Awaitable[Connect]]]:
+    """`await gate(**backend_keys)` starts a gateway in front of the server; it returns a
+    function that connects a POP2 client (`source`: a loopback address to connect from)."""
+    gateways = Gateways()
+
+    async def make(**extra: object) -> Connect:
+        config = parse_config({
+            "server": {"hostname": "test.invalid", "listen": ["127.0.0.1:0"]},
+            "limits": {"bad_login_delay": 0.05, "close_linger": 0.1},
+            "backend": [imap_server.backend(**extra)],
+            "routing": {"default": "srv"},
+        })
+        host, port, _ = await gateways.start(config)
+
+        async def connect(source: str | None = None) -> AsyncClient:
+            local = (source, 0) if source else None
+            reader, writer = await asyncio.open_connection(host, port, local_addr=local)
+            return await AsyncClient.from_streams(reader, writer, timeout=30)
+
+        return connect
+
+    yield make
+    await gateways.aclose()
+
+
+async def test_fold_uses_the_personal_namespace(imap_server: ImapServer, gate) -> None:
+    """POP2 folder names are the user's names, without the server's personal prefix
+    (`INBOX.` on Courier and Debian's Cyrus); a name that carries the prefix still works."""
+    srv = imap_server
+    folders = {"Archive": 3, "Archive/2024": 1, "\u00dcbersicht": 2}
+    for name, count in folders.items():
+        for i in range(count):
+            srv.append(USER, f"Subject: {name} {i}\r\n\r\nin {name}\r\n".encode(), folder=name)
+    want = {name: len(srv.uids(USER, name)) for name in folders}
+    assert all(want[name] >= count for name, count in folders.items())
+    connect = await gate()
+    c = await connect()
+    await c.helo(USER, srv.users[USER])
+    for name in folders:
+        assert await c.fold(name) == want[name], name
+        bodies = srv.bodies(USER, name)
+        assert await c.read(1) == len(wire(bodies[min(bodies)]))
+        assert await c.retr() == wire(bodies[min(bodies)])
+        await c.nack()
+    assert await c.fold("Nonexistent") == 0
+    if srv.prefix:
+        assert await c.fold("INBOX/Archive") == want["Archive"]
+    assert await c.fold("inbox") == len(srv.uids(USER))
+    await c.quit()
