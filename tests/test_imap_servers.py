@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from backends import ImapServer
 from helpers import Gateways
 from pop2gate.config import parse_config
-from pop2gate.pop2.client import AsyncClient
+from pop2gate.pop2.client import AsyncClient, Pop2Error
 
 USER = "alice"
 CORPUS = [
@@ -93,3 +94,99 @@ async def test_fold_uses_the_personal_namespace(imap_server: ImapServer, gate) -
         assert await c.fold("INBOX/Archive") == want["Archive"]
     assert await c.fold("inbox") == len(srv.uids(USER))
     await c.quit()
+
+
+async def test_drain_is_byte_exact_and_ackd_quit_removes_exactly_those(imap_server: ImapServer, gate) -> None:
+    """Every message as the server's own BODY.PEEK[] gives it; a message another client
+    flagged \\Deleted is not offered and stays; ACKD + QUIT removes exactly the ACKD UIDs."""
+    srv = imap_server
+    srv.clear(USER)
+    uids = [srv.append(USER, m) for m in CORPUS]
+    theirs = srv.append(USER, b"Subject: theirs\r\n\r\nflagged elsewhere\r\n", flags=r"\Deleted")
+    stored = srv.bodies(USER)
+    connect = await gate()
+    c = await connect()
+    assert await c.helo(USER, srv.users[USER]) == len(CORPUS)
+    kept = uids[1]
+    for n, uid in enumerate(uids, 1):
+        assert await c.read(n) == len(wire(stored[uid])), srv.layout
+        assert await c.retr() == wire(stored[uid])
+        if uid == kept:
+            await c.nack()
+        else:
+            await c.ackd()
+    await c.quit()
+    left = srv.uids(USER)
+    assert sorted(left) == [kept, theirs]
+    assert r"\Seen" not in left[kept]  # read with PEEK, never ACKS'd
+    assert r"\Deleted" in left[theirs] and r"\Deleted" not in left[kept]
+    assert srv.bodies(USER)[kept] == stored[kept]
+
+
+async def test_acks_sets_seen_and_deletes_nothing(imap_server: ImapServer, gate) -> None:
+    srv = imap_server
+    srv.clear(USER)
+    uids = [srv.append(USER, m) for m in CORPUS[:3]]
+    connect = await gate()
+    c = await connect()
+    assert await c.helo(USER, srv.users[USER]) == 3
+    assert await c.read(2) > 0
+    await c.retr()
+    await c.acks()
+    await c.quit()
+    left = srv.uids(USER)
+    assert sorted(left) == uids
+    assert [r"\Seen" in left[u] for u in uids] == [False, True, False]
+
+
+async def test_ackd_then_drop_removes_nothing(imap_server: ImapServer, gate) -> None:
+    srv = imap_server
+    srv.clear(USER)
+    uids = [srv.append(USER, m) for m in CORPUS[:3]]
+    connect = await gate()
+    c = await connect()
+    assert await c.helo(USER, srv.users[USER]) == 3
+    for n in (1, 2):
+        await c.read(n)
+        await c.retr()
+        await c.ackd()
+    await c.close()  # gone without QUIT
+    for _ in range(200):  # the gateway ends the session when it sees the close
+        await asyncio.sleep(0.02)
+        left = srv.uids(USER)
+        if sorted(left) != uids or any(r"\Deleted" in f for f in left.values()):
+            break
+    assert sorted(left) == uids
+    assert not any(r"\Deleted" in f for f in left.values())
+
+
+@pytest.mark.parametrize("announced", [False, True], ids=["first-read", "read-again"])
+async def test_message_another_client_expunged_reads_zero(imap_server: ImapServer, gate, announced) -> None:
+    """A message another client removed after HELO reads `=0`, on its first READ too; the
+    others are served and nothing else goes."""
+    srv = imap_server
+    srv.clear(USER)
+    uids = [srv.append(USER, m) for m in CORPUS[:3]]
+    stored = srv.bodies(USER)
+    connect = await gate()
+    c = await connect()
+    assert await c.helo(USER, srv.users[USER]) == 3
+    if announced:
+        assert await c.read(2) == len(wire(stored[uids[1]]))
+    srv.store(USER, uids[1], r"\Deleted", expunge=True)
+    assert await c.read(2) == 0, srv.layout
+    assert await c.read(3) == len(wire(stored[uids[2]]))
+    assert await c.retr() == wire(stored[uids[2]])
+    assert await c.ackd() == 0
+    await c.quit()
+    assert sorted(srv.uids(USER)) == [uids[0]]
+
+
+async def test_wrong_password_is_a_bad_login(imap_server: ImapServer, gate, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="pop2gate")
+    connect = await gate()
+    c = await connect(fresh_source())
+    with pytest.raises(Pop2Error, match="^Bad login$"):
+        await c.helo(USER, "not-" + imap_server.users[USER])
+    await c.close()
+    assert "login refused" in caplog.text and "Traceback" not in caplog.text
