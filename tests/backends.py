@@ -29,11 +29,15 @@ class ImapServer:
     prefix: str  # the personal namespace's prefix ("" or "INBOX.")
     sep: str  # the hierarchy separator
     master: tuple[str, str] | None  # a master user (user*master) the server honours, if any
-    ca_file: str | None = None  # None: the server is tested without TLS
+    ca_file: str | None = None  # the CA for STARTTLS; None: the server is used without TLS
+    log: Callable[[], str] = lambda: ""  # the server's log, where the tests can read it
 
     def backend(self, **extra: object) -> dict[str, object]:
-        """The pop2gate `[[backend]]` for this server, named "srv", plain IMAP on loopback."""
-        return {"name": "srv", "type": "imap", "url": f"imap://{self.host}:{self.port}", "tls": "none", **extra}
+        """The pop2gate `[[backend]]` for this server, named "srv", on loopback: STARTTLS where
+        the server is set up for it (`ca_file`), else plain IMAP."""
+        b: dict[str, object] = {"name": "srv", "type": "imap", "url": f"imap://{self.host}:{self.port}"}
+        b.update({"tls": "starttls", "ca_file": self.ca_file} if self.ca_file else {"tls": "none"})
+        return {**b, **extra}
 
     def folder(self, name: str) -> str:
         """The IMAP name of the user's folder `name` ("a/b"; INBOX stays INBOX)."""

@@ -121,7 +121,8 @@ def imap_server(request):
         import dovecot
 
         dc = request.getfixturevalue("dovecot")
-        return ImapServer(layout, dovecot.HOST, dc.port, dict(dovecot.USERS), dc.imap, "", ".", dovecot.MASTER)
+        return ImapServer(layout, dovecot.HOST, dc.port, dict(dovecot.USERS), dc.imap, "", ".", dovecot.MASTER,
+                          log=dc.log)
     if layout.startswith("cyrus"):
         import cyrus
 
@@ -131,4 +132,6 @@ def imap_server(request):
     import courier as courier_mod
 
     co = request.getfixturevalue("courier")
-    return ImapServer(layout, courier_mod.HOST, co.port, dict(courier_mod.USERS), co.imap, "INBOX.", ".", None)
+    # Courier as Debian sets it up: AUTH=PLAIN only after STARTTLS
+    return ImapServer(layout, courier_mod.HOST, co.port, dict(courier_mod.USERS), co.imap, "INBOX.", ".", None,
+                      ca_file=str(co.ca_file), log=co.log)

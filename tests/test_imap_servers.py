@@ -190,3 +190,43 @@ async def test_wrong_password_is_a_bad_login(imap_server: ImapServer, gate, capl
         await c.helo(USER, "not-" + imap_server.users[USER])
     await c.close()
     assert "login refused" in caplog.text and "Traceback" not in caplog.text
+
+
+async def test_master_login_opens_the_users_mailbox_or_is_refused(imap_server: ImapServer, gate, caplog) -> None:
+    """`HELO user*master` reads `user`'s mailbox where the server honours the authorization
+    identity (Dovecot master users, Cyrus proxy servers); Courier ignores it and would open the
+    master's own mailbox, so there it is refused and nobody's mail is offered. Without
+    `master_login = true` it is refused everywhere, before any connection."""
+    caplog.set_level(logging.INFO, logger="pop2gate")
+    srv = imap_server
+    mine = {}
+    for user in ("alice", "bob"):
+        srv.clear(user)
+        mine[user] = srv.append(user, f"Subject: for {user}\r\n\r\nonly {user} reads this\r\n".encode())
+    master, password = srv.master or ("bob", srv.users["bob"])  # Courier: a real user as "master"
+
+    connect = await gate()
+    c = await connect(fresh_source())
+    with pytest.raises(Pop2Error, match="^Bad login$"):
+        await c.helo(f"alice*{master}", password)
+    await c.close()
+    assert "master_login is off" in caplog.text
+
+    connect = await gate(master_login=True)
+    if srv.master is None:
+        c = await connect(fresh_source())
+        with pytest.raises(Pop2Error, match="^Bad login$"):
+            await c.helo(f"alice*{master}", password)
+        await c.close()
+        assert "master login 'alice*bob' refused" in caplog.text
+        assert "LOGIN, user=bob," in srv.log()  # the server did open bob's mailbox for alice*bob
+    else:
+        for user in ("alice", "bob"):
+            c = await connect()
+            assert await c.helo(f"{user}*{master}", password) == 1
+            assert await c.read(1) > 0
+            assert await c.retr() == srv.bodies(user)[mine[user]]
+            await c.ackd()
+            await c.quit()
+            assert srv.uids(user) == {}  # deleted from the mailbox the login named
+    assert sorted(srv.uids("alice")) == ([] if srv.master else [mine["alice"]])
