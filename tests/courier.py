@@ -24,8 +24,9 @@ from imapserver import stop_group, wait_for_imap
 COURIER_ROOT = Path("/opt/pop2gate-test/courier")
 IMAPD = COURIER_ROOT / "usr/bin/imapd"
 IMAPLOGIN = COURIER_ROOT / "usr/lib/courier/courier/imaplogin"
+MAILDIRMAKE = "/usr/bin/maildirmake.courier"  # /usr/bin/maildirmake may be Dovecot's
 AUTHDAEMOND = "/usr/lib/courier/courier-authlib/authdaemond"
-NEEDED = (IMAPD, IMAPLOGIN, Path(AUTHDAEMOND), Path("/usr/sbin/couriertcpd"), Path("/usr/bin/maildirmake"),
+NEEDED = (IMAPD, IMAPLOGIN, Path(AUTHDAEMOND), Path("/usr/sbin/couriertcpd"), Path(MAILDIRMAKE),
           Path("/usr/bin/couriertls"))
 
 # What imapd reads from its environment (Debian's /etc/courier/imapd, trimmed).
@@ -116,7 +117,7 @@ class Courier:
         for user, password in USERS.items():
             home = self.root / "home" / user
             home.mkdir(parents=True)
-            subprocess.run(["maildirmake", str(home / "Maildir")], check=True, capture_output=True)
+            subprocess.run([MAILDIRMAKE, str(home / "Maildir")], check=True, capture_output=True)
             for path in [home, *home.rglob("*")]:
                 os.chown(path, uid, gid)
             crypted = _userdbpw(password)
