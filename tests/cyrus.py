@@ -28,8 +28,8 @@ LIBS = ":".join(str(p) for p in CYRUS_ROOT.glob("usr/lib/*-linux-gnu"))  # libcy
 SASLPASSWD = "/usr/sbin/saslpasswd2"
 USERS = {"alice": "alice-pw", "bob": "b o b pw"}
 ADMIN = ("cyradmin", "admin-pw")
-# A gateway's master user (`HELO user*p2gproxy`): a proxy server may log in as any user.
-PROXY = ("p2gproxy", "proxy-pw")
+# The gateway's master user (`HELO user*pop2gw`), in proxyservers: it may act as any user.
+PROXY = ("pop2gw", "proxy-pw")
 RUN_AS = "nobody"
 LAYOUTS = {"unix": ("yes", "yes", "/"), "debian": ("no", "no", ".")}
 
