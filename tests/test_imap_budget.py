@@ -111,7 +111,6 @@ class FakeConn:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.gone: set[int] = set()  # nobody else expunges here
-        self.replies = 0  # the server's replies so far (none that a NOOP would need)
 
     def noop(self) -> None:
         pass

@@ -53,6 +53,14 @@ class Relay:
     def commands(self, pattern: str) -> list[bytes]:
         return re.findall(rb"^\S+ " + pattern.encode() + rb"[^\r\n]*", bytes(self.sent), re.M)
 
+    async def logged_out(self) -> None:
+        """Wait until the gateway has ended its IMAP session."""
+        for _ in range(250):
+            if self.commands("LOGOUT"):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("no LOGOUT")
+
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
@@ -113,6 +121,7 @@ async def test_small_messages_come_in_one_fetch_for_many(dovecot, relayed):
     bodies = fill(dovecot, 30, 2000)
     port, relay, store = await relayed()
     got = await drain(port)
+    await relay.logged_out()
     assert got == [b if b.endswith(b"\r\n") else b + b"\r\n" for b in bodies]
     fetches = relay.commands("UID FETCH")
     assert len(fetches) == 2, fetches  # the snapshot, then every body at once
@@ -137,10 +146,7 @@ async def test_acks_flags_arrive_however_the_session_ends(dovecot, relayed, end)
         await c.quit()
     else:
         await c.close()  # gone without QUIT: the flags still go out, nothing is deleted
-    for _ in range(250):
-        if relay.commands(r"LOGOUT"):
-            break
-        await asyncio.sleep(0.02)
+    await relay.logged_out()
     flags = [f for _, f in sorted(dovecot.uids("alice").items())]
     assert [r"\Seen" in f for f in flags] == [True, True, True, False]
     assert not any(r"\Deleted" in f for f in flags)

@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import TypeVar
 
 from .config import TlsMode
-from .wire import FetchPiece, ParseError, fetch_by_uid, id_name, list_delimiter, quotable, quote, uid_set
+from .wire import (
+    FetchPiece,
+    ParseError,
+    fetch_by_uid,
+    id_name,
+    list_delimiter,
+    personal_namespace,
+    quotable,
+    quote,
+    uid_set,
+)
 
 # imaplib only sends commands it knows; ID (RFC 2971) is valid in every state.
 imaplib.Commands.setdefault("ID", ("NONAUTH", "AUTH", "SELECTED"))
@@ -150,7 +160,6 @@ class ImapConn:
         self.server_name: str | None = None  # what the server's ID answer calls it
         self.sequence: list[int] = []  # the selected folder's UIDs in sequence order
         self.gone: set[int] = set()  # UIDs another client expunged since the snapshot
-        self.replies = 0  # tagged replies received: each brings what changed on the server
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -176,7 +185,6 @@ class ImapConn:
         typ: str
         dat: list[bytes | None]
         typ, dat = imap._simple_command(*args)  # imaplib's own command runner (untyped)
-        self.replies += 1
         self._note_expunges(imap.untagged_responses.pop("EXPUNGE", []))
         if "UIDVALIDITY" in imap.untagged_responses:
             # UIDs no longer name the messages they named at SELECT.
@@ -268,17 +276,26 @@ class ImapConn:
 
     # Folders
 
-    def delimiter(self) -> str | None:
-        """The server's hierarchy delimiter (None: flat)."""
+    def layout(self) -> tuple[str, str | None]:
+        """(prefix, delimiter) of the user's folders: the personal namespace where the server
+        tells it (NAMESPACE, RFC 2342), else no prefix and the delimiter `LIST "" ""` gives
+        (None: flat)."""
 
-        def run() -> str | None:
+        def run() -> tuple[str, str | None]:
+            if "NAMESPACE" in self._imap.capabilities:
+                typ, _, _ = self._run("NAMESPACE")
+                lines = self._imap.untagged_responses.get("NAMESPACE", [])
+                if typ == "OK" and lines and isinstance(lines[-1], bytes):
+                    personal = personal_namespace(lines[-1])
+                    if personal is not None:
+                        return personal
             typ, _, _ = self._run("LIST", '""', '""')
             lines = self._imap.untagged_responses.get("LIST", [])
             if typ != "OK" or not lines or not isinstance(lines[-1], bytes):
-                return None
-            return list_delimiter(lines[-1])
+                return "", None
+            return "", list_delimiter(lines[-1])
 
-        return self._guarded("LIST", run)
+        return self._guarded("NAMESPACE", run)
 
     def select(self, name: str) -> int | None:
         """Select `name` (already in IMAP form); its EXISTS count, None when refused."""

@@ -50,9 +50,12 @@ def split_master(login: str) -> tuple[str, str] | None:
     return (user, admin) if sep else ("", user)
 
 
-def imap_name(folder: str, delimiter: str | None) -> str | None:
-    """The IMAP name of a POP2 folder name on a server with `delimiter` (None: flat),
-    None when it names no folder there."""
+def imap_name(folder: str, delimiter: str | None, prefix: str = "") -> str | None:
+    """The IMAP name of a POP2 folder name on a server with `delimiter` (None: flat) whose
+    personal namespace has `prefix` ("INBOX." on Courier), None when it names no folder there.
+
+    POP2 names are the user's own (`Archive/2024`): the prefix is added, unless the name
+    already carries it (`INBOX/Archive`). INBOX is INBOX in every layout."""
     if is_inbox(folder):
         return "INBOX"
     levels = folder.split(FOLDER_SEPARATOR)
@@ -60,7 +63,10 @@ def imap_name(folder: str, delimiter: str | None) -> str | None:
         return None
     if delimiter and any(delimiter in level for level in levels):
         return None  # a level holding the server's separator would name another folder
-    return encode_mutf7((delimiter or FOLDER_SEPARATOR).join(levels))
+    if is_inbox(levels[0]):
+        levels[0] = "INBOX"
+    name = encode_mutf7((delimiter or FOLDER_SEPARATOR).join(levels))
+    return name if name.startswith(prefix) else prefix + name
 
 
 # Servers whose SASL PLAIN login with an authorization identity opens that identity's mailbox
@@ -143,13 +149,11 @@ class ImapMailbox:
         self.folder: str | None = None
         self.sizes: dict[int, int] = {}  # UID -> RFC822.SIZE, fixed at select
         self.ended: dict[int, int] = {}  # UID -> octets with the last line ended (0: gone)
-        self._delimiter: str | None = None
-        self._delimiter_known = False
+        self._layout: tuple[str, str | None] | None = None  # (prefix, delimiter), asked once
         self._ahead: dict[int, bytes] = {}  # UID -> body read ahead, held in the budget until sent
-        self._answered = -1  # conn.replies when the last answer was given
         self._order: list[int] = []  # the snapshot's UIDs in order
-        self._seen: list[int] = []  # UIDs ACKS marked, their \Seen not yet sent
         self._position: dict[int, int] = {}  # UID -> its place in _order
+        self._seen: list[int] = []  # UIDs ACKS marked, their \Seen not yet sent
 
     async def _call(self, what: str, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         try:
@@ -160,10 +164,12 @@ class ImapMailbox:
 
     async def _imap_name(self, folder: str) -> str | None:
         """The IMAP name of a POP2 folder name, None when it cannot exist."""
-        if not is_inbox(folder) and not self._delimiter_known:
-            self._delimiter = await self._call("LIST", self.conn.delimiter)
-            self._delimiter_known = True
-        return imap_name(folder, self._delimiter)
+        if is_inbox(folder):
+            return "INBOX"
+        if self._layout is None:
+            self._layout = await self._call("NAMESPACE", self.conn.layout)
+        prefix, delimiter = self._layout
+        return imap_name(folder, delimiter, prefix)
 
     async def select(self, folder: str) -> list[MessageRef]:
         await self._flush_seen()
@@ -179,7 +185,6 @@ class ImapMailbox:
         self.sizes = {uid: size for uid, size, _ in snap}
         self._order = [uid for uid, _, _ in snap]
         self._position = {uid: n for n, uid in enumerate(self._order)}
-        self._answered = self.conn.replies  # the count the client gets now
         return [MessageRef(str(uid), size, seen) for uid, size, seen in snap]
 
     def _uid(self, msg: MessageRef) -> int | None:
@@ -190,14 +195,15 @@ class ImapMailbox:
         """The message's octets with its last line ended: RFC822.SIZE and its last two octets
         (from the body when it was read ahead). 0 for a message another client removed.
 
-        Every answer rests on a server reply received since the previous answer (`confirm`; a
-        NOOP when nothing else was asked), so the EXPUNGE responses the server sends with it
-        are known (`conn.gone`); a size whose last octets do not come back in full is not
-        confirmed, so never announced."""
+        Each announcement, and RETR of a message read ahead (`confirm`), asks with a NOOP
+        first, so the EXPUNGE responses the server sends are known (`conn.gone`): Cyrus and
+        Courier still serve a removed message's octets, and a count already known would be
+        the old one. A size whose last octets do not come back in full is not confirmed, so
+        never announced."""
+        if confirm:
+            await self._call("NOOP", self.conn.noop)
         if uid not in self.ended and uid not in self.conn.gone:
             await self._learn(uid)
-        if confirm and self.conn.replies == self._answered:
-            await self._call("NOOP", self.conn.noop)
         if uid in self.conn.gone:
             self._forget(uid)
             self.ended[uid] = 0
@@ -272,14 +278,11 @@ class ImapMailbox:
         uid = self._uid(msg)
         if uid is None:
             return 0
-        ended = await self._ended(uid)
-        self._answered = self.conn.replies
-        return self.store.form.size(ended, msg.seen)
+        return self.store.form.size(await self._ended(uid), msg.seen)
 
     async def fetch(self, msg: MessageRef) -> AsyncGenerator[bytes, None]:
         uid = self._uid(msg)
         ended = 0 if uid is None else await self._ended(uid, confirm=uid in self._ahead)
-        self._answered = self.conn.replies
         if uid is None or ended == 0:
             raise StoreError("No such message")
         enc = self.store.form.encoder(msg.seen, bare_lf=False)
