@@ -357,6 +357,14 @@ class ImapConn:
 
         self._guarded("NOOP", run)
 
+    def open_folder(self, name: str) -> list[tuple[int, int, bool]] | None:
+        """`select` then `snapshot`, in one call (one trip to a worker thread); None when the
+        folder was refused."""
+        exists = self.select(name)
+        if exists is None:
+            return None
+        return self.snapshot() if exists else []
+
     def snapshot(self) -> list[tuple[int, int, bool]]:
         """(UID, RFC822.SIZE, seen) of every message not flagged \\Deleted, by UID. Every UID
         in sequence order is kept (`sequence`), to map later EXPUNGE responses to UIDs."""

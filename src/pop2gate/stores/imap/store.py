@@ -177,11 +177,10 @@ class ImapMailbox:
         name = await self._imap_name(folder)
         if name is None:
             return []
-        exists = await self._call("SELECT", self.conn.select, name)
-        if exists is None:
+        snap = await self._call("SELECT", self.conn.open_folder, name)
+        if snap is None:
             return []
         self.folder = name
-        snap = await self._call("UID FETCH", self.conn.snapshot) if exists else []
         self.sizes = {uid: size for uid, size, _ in snap}
         self._order = [uid for uid, _, _ in snap]
         self._position = {uid: n for n, uid in enumerate(self._order)}
