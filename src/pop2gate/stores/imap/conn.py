@@ -372,6 +372,25 @@ class ImapConn:
 
         return self._guarded("UID FETCH", run)
 
+    def fetch_tail(self, uid: int, size: int) -> bytes | None:
+        """The last octets (two at most) of `uid`, whose RFC822.SIZE was `size`, with its
+        RFC822.SIZE asked again in the same command: None when the message is gone or the
+        server now gives another size (Courier serves a placeholder for a message another
+        session removed, until a NOOP tells this one)."""
+        want = min(size, 2)
+
+        def run() -> bytes | None:
+            typ, text, items = self._run("UID", "FETCH", str(uid), f"(RFC822.SIZE BODY.PEEK[]<{size - want}.{want}>)")
+            if typ != "OK" and not _expunge_issued(typ, text):
+                raise ConnError(f"UID FETCH: {typ}")
+            data = fetch_by_uid(items).get(uid, {})
+            tail, now = data.get("BODY[]"), data.get("RFC822.SIZE")
+            if tail is not None and not isinstance(tail, bytes):
+                raise ConnError("UID FETCH: unreadable body")
+            return tail if now is None or now == str(size) else None
+
+        return self._guarded("UID FETCH", run)
+
     def add_flag(self, uids: Iterable[int], flag: str) -> None:
         """`UID STORE +FLAGS.SILENT (flag)`; messages already gone are no error."""
 

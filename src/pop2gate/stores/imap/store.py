@@ -183,11 +183,11 @@ class ImapMailbox:
         """The message's octets with its last line ended: RFC822.SIZE and its last two octets.
 
         0 for a message another client removed: the EXPUNGE responses the server sends with
-        any command are noted, each announcement (`recheck`: READ, and the next message after
-        ACKS, ACKD, NACK) asks with a NOOP first (Cyrus and Courier still serve a removed
-        message's octets, and a count already known would be the old one), and a size whose
-        last octets do not come back in full is not confirmed, so never announced."""
-        if recheck:
+        any command are noted, announcing a message again (`recheck`: READ, NACK) asks with a
+        NOOP first (its count would otherwise be the old one), and a size is confirmed only
+        when the server gives it again with the last octets in full (Courier's placeholder
+        for a removed message has another size), else never announced."""
+        if recheck and uid in self.ended:
             await self._call("NOOP", self.conn.noop)
         if uid in self.conn.gone:
             self.ended[uid] = 0
@@ -197,7 +197,7 @@ class ImapMailbox:
                 self.ended[uid] = 0
             else:
                 want = min(size, 2)
-                tail = await self._call("UID FETCH", self.conn.fetch_body, uid, size - want, want)
+                tail = await self._call("UID FETCH", self.conn.fetch_tail, uid, size)
                 if tail is not None and len(tail) != want:
                     log.warning("backend %s: user %r: UID %d: RFC822.SIZE %d not confirmed by its last "
                                 "octets; read as no message", self.store.name, self.user, uid, size)
