@@ -58,18 +58,23 @@ async def server(make_server) -> Running:
     return await make_server()
 
 
-# --- IMAP backend: a private Dovecot (tests/dovecot.py) ---------------------
+# --- IMAP backends: private Dovecot, Cyrus and Courier servers ----------------
 
-@pytest.fixture(scope="session")
-def dovecot():
-    """A running private Dovecot; a test that needs it fails (never skips) without it."""
-    from dovecot import Dovecot
-
-    server = Dovecot().start()
+def _running(server):
+    """Start `server`, yield it, stop it; a test that needs it fails (never skips) when it cannot start."""
+    server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def dovecot():
+    """A running private Dovecot (tests/dovecot.py)."""
+    from dovecot import Dovecot
+
+    yield from _running(Dovecot())
 
 
 # --- Cyrus (both layouts) and Courier, and all four layouts behind one interface -------------
@@ -79,11 +84,7 @@ def cyrus_unix():
     """A private Cyrus, '/' separator with altnamespace (tests/cyrus.py)."""
     from cyrus import Cyrus
 
-    server = Cyrus(layout="unix").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(Cyrus(layout="unix"))
 
 
 @pytest.fixture(scope="session")
@@ -91,11 +92,7 @@ def cyrus_debian():
     """A private Cyrus in Debian's default layout: '.' separator, folders under INBOX."""
     from cyrus import Cyrus
 
-    server = Cyrus(layout="debian").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(Cyrus(layout="debian"))
 
 
 @pytest.fixture(scope="session")
@@ -103,11 +100,7 @@ def courier():
     """A private Courier-IMAP (tests/courier.py)."""
     from courier import Courier
 
-    server = Courier().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(Courier())
 
 
 @pytest.fixture(scope="session", params=["dovecot", "cyrus-unix", "cyrus-debian", "courier"])

@@ -70,6 +70,16 @@ async def gate(imap_server: ImapServer) -> AsyncIterator[Callable[..., Awaitable
     await gateways.aclose()
 
 
+async def logged_in(srv: ImapServer, gate, messages: list[bytes]) -> tuple[AsyncClient, list[int]]:
+    """An INBOX holding just `messages`, and a POP2 client logged in to it through a new gateway."""
+    srv.clear(USER)
+    uids = [srv.append(USER, m) for m in messages]
+    connect = await gate()
+    c = await connect()
+    assert await c.helo(USER, srv.users[USER]) == len(messages)
+    return c, uids
+
+
 async def test_fold_uses_the_personal_namespace(imap_server: ImapServer, gate) -> None:
     """POP2 folder names are the user's names, without the server's personal prefix
     (`INBOX.` on Courier and Debian's Cyrus); a name that carries the prefix still works."""
@@ -125,11 +135,7 @@ async def test_drain_is_byte_exact_and_ackd_quit_removes_exactly_those(imap_serv
 
 async def test_acks_sets_seen_and_deletes_nothing(imap_server: ImapServer, gate) -> None:
     srv = imap_server
-    srv.clear(USER)
-    uids = [srv.append(USER, m) for m in CORPUS[:3]]
-    connect = await gate()
-    c = await connect()
-    assert await c.helo(USER, srv.users[USER]) == 3
+    c, uids = await logged_in(srv, gate, CORPUS[:3])
     assert await c.read(2) > 0
     await c.retr()
     await c.acks()
@@ -141,11 +147,7 @@ async def test_acks_sets_seen_and_deletes_nothing(imap_server: ImapServer, gate)
 
 async def test_ackd_then_drop_removes_nothing(imap_server: ImapServer, gate) -> None:
     srv = imap_server
-    srv.clear(USER)
-    uids = [srv.append(USER, m) for m in CORPUS[:3]]
-    connect = await gate()
-    c = await connect()
-    assert await c.helo(USER, srv.users[USER]) == 3
+    c, uids = await logged_in(srv, gate, CORPUS[:3])
     for n in (1, 2):
         await c.read(n)
         await c.retr()
@@ -165,12 +167,8 @@ async def test_message_another_client_expunged_reads_zero(imap_server: ImapServe
     """A message another client removed after HELO reads `=0`, on its first READ too; the
     others are served and nothing else goes."""
     srv = imap_server
-    srv.clear(USER)
-    uids = [srv.append(USER, m) for m in CORPUS[:3]]
+    c, uids = await logged_in(srv, gate, CORPUS[:3])
     stored = srv.bodies(USER)
-    connect = await gate()
-    c = await connect()
-    assert await c.helo(USER, srv.users[USER]) == 3
     if announced:
         assert await c.read(2) == len(wire(stored[uids[1]]))
     srv.store(USER, uids[1], r"\Deleted", expunge=True)
