@@ -151,30 +151,6 @@ def test_inetd_mode_on_a_socket(env):
         assert proc.returncode == 0
 
 
-def test_fetch_list_and_maildir(serving, env, tmp_path):
-    env.deliver("alice", b"Subject: one\n\n1\n")
-    env.deliver("alice", b"Subject: two\n\n2\n")
-    result = run("fetch", "--port", str(serving), "--user", "alice", "--list", stdin=PASSWORD + "\n")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[0].split() == ["1", str(len(b"Subject: one\r\n\r\n1\r\n"))]
-    assert "2 message(s) in INBOX" in result.stdout
-    assert len(env.files("alice")) == 2
-
-    out = tmp_path / "local"
-    result = run("fetch", "--port", str(serving), "--user", "alice", "--maildir", str(out), "--delete",
-                 stdin=PASSWORD + "\n")
-    assert result.returncode == 0, result.stderr
-    saved = sorted(p.read_bytes() for p in (out / "new").iterdir())
-    assert saved == [b"Subject: one\r\n\r\n1\r\n", b"Subject: two\r\n\r\n2\r\n"]
-    assert env.files("alice") == []
-
-
-def test_fetch_bad_login_exits_1(serving):
-    result = run("fetch", "--port", str(serving), "--user", "alice", "--list", stdin="wrong\n")
-    assert result.returncode == 1
-    assert "Bad login" in result.stderr
-
-
 def test_demo_serves_a_full_session(tmp_path):
     """`pop2gate demo`: HELO, FOLD, READ, RETR, ACKS, ACKD, NACK and QUIT as docs/protocol.md says."""
     from pop2gate.demo import DEMO_ADDRESS
