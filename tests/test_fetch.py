@@ -393,3 +393,47 @@ def test_second_ctrl_c_aborts_without_quit(served, env, tmp_path):
     assert "aborted by a second Ctrl-C: no QUIT sent" in err and "Traceback" not in err
     assert saved(tmp_path / "m") == [wire(MESSAGES[0])]
     assert len(env.files("alice")) == 2  # no QUIT: the ACKD of the first is not applied
+
+
+# --- through pop2gate to a real Dovecot -----------------------------------------------------
+
+
+async def test_dovecot_backend_mbox_keep_then_maildir_delete(dovecot, tmp_path):
+    import asyncio
+
+    from dovecot import HOST, USERS
+    from helpers import Gateways
+    from pop2gate.config import parse_config
+
+    dovecot.clear("carol")
+    messages = [wire(m) for m in MESSAGES] + [b"Subject: big\r\n\r\n" + b"z" * 2_000_000 + b"\r\n"]
+    uids = [dovecot.append("carol", m) for m in messages]
+    gateways = Gateways()
+    host, port, _ = await gateways.start(parse_config({
+        "server": {"hostname": "test.invalid", "listen": ["127.0.0.1:0"]},
+        "limits": {"bad_login_delay": 0.05},
+        "backend": [{"name": "dc", "type": "imap", "url": f"imap://{HOST}:{dovecot.port}", "tls": "none"}],
+        "routing": {"default": "dc"},
+    }))
+
+    async def fetch_async(*args: str) -> tuple[int, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            POP2GATE, "fetch", f"{host}:{port}", "--user", "carol", *args,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(USERS["carol"].encode() + b"\n"), 60)
+        return proc.returncode, err
+
+    try:
+        status, err = await fetch_async("--mbox", str(tmp_path / "mbox"))
+        assert status == 0, err
+        entries = (tmp_path / "mbox").read_bytes().split(b"\r\n\r\nFrom ")
+        assert entries[0] == b"From bob@example.org Sun Nov 29 03:00:00 2026\r\n" + messages[0][:-2]
+        assert entries[3].split(b"\r\n", 1)[1] == messages[3] + b"\r\n"
+        assert sorted(dovecot.uids("carol")) == uids  # kept
+
+        status, err = await fetch_async("--maildir", str(tmp_path / "m"), "--delete", "--limit", "3")
+        assert status == 0, err
+        assert saved(tmp_path / "m") == messages[:3]
+        assert sorted(dovecot.uids("carol")) == uids[3:]  # exactly the three ACKD'd went
+    finally:
+        await gateways.aclose()

@@ -85,7 +85,7 @@ def demo(directory: Path | None, log_level: str) -> None:
             f"Connect by hand:     telnet {host} {port}\n"
             f"  then type:         HELO demo demo, READ, RETR, ACKS (keep) or ACKD (delete), QUIT\n"
             f"Or with the client:  {prog} fetch {host}:{port} --user demo --list     (password: demo)\n"
-            f"  move it to an mbox: {prog} fetch {host}:{port} --user demo --mbox demo.mbox\n"
+            f"  or into an mbox:   {prog} fetch {host}:{port} --user demo --mbox demo.mbox\n"
             f"Stop with Ctrl-C.",
         )
 
@@ -146,29 +146,29 @@ def user_add(name: str, config_path: Path | None, users_file: Path | None, backe
 
 @main.command(context_settings={"max_content_width": 100})
 @click.argument("target", metavar="HOST[:PORT]")
-@click.option("--user", required=True, help="Login name.")
+@click.option("--user", required=True, metavar="USER", help="Login name.")
 @click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Read the password from the first line of FILE (refused if group or others may read it).")
-@click.option("--folder", help="Mailbox to read instead of INBOX.")
+@click.option("--folder", metavar="NAME", help="Mailbox to read instead of INBOX.")
 @click.option("--list", "list_only", is_flag=True, help="Only list message numbers and sizes; change nothing.")
 @click.option("--dry-run", is_flag=True, help="The same as --list.")
-@click.option("--maildir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--maildir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Save messages into this Maildir (created if missing).")
 @click.option("--mbox", type=click.Path(dir_okay=False, path_type=Path),
               help="Append messages to this mbox file (mboxrd, under an exclusive fcntl lock).")
 @click.option("--stdout", "to_stdout", is_flag=True, help="Write one message (the first) to stdout.")
 @click.option("--keep/--delete", default=True, show_default=True,
               help="Leave each saved message on the server (ACKS), or have it deleted there (ACKD).")
-@click.option("--limit", type=click.IntRange(min=1), help="Take at most N messages.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Take at most N messages.")
 @click.option("--tls", is_flag=True,
               help="TLS from the first octet (a pop2gate tls_listen port), TLS 1.2 or later. The server's "
                    "certificate and its name (HOST) are verified, against the system's CAs or --ca-file.")
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --tls: trust the CA certificates in this PEM file instead of the system's.")
 @click.option("--insecure", is_flag=True, help="With --tls: do not verify the certificate (warns on stderr).")
-@click.option("--connect-timeout", type=click.FloatRange(min=0.01), default=30.0, show_default=True,
+@click.option("--connect-timeout", type=click.FloatRange(min=0.01), default=30.0, metavar="SECONDS", show_default=True,
               help="Seconds to connect (and finish the TLS handshake).")
-@click.option("--timeout", type=click.FloatRange(min=0.01), default=60.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=0.01), default=60.0, show_default=True, metavar="SECONDS",
               help="Seconds to wait for each reply or piece of message data.")
 def fetch(target: str, user: str, password_file: Path | None, folder: str | None, list_only: bool,
           dry_run: bool, maildir: Path | None, mbox: Path | None, to_stdout: bool, keep: bool,
@@ -189,8 +189,7 @@ def fetch(target: str, user: str, password_file: Path | None, folder: str | None
     is deleted.
 
     \b
-    Ctrl-C once: finish the current message, then QUIT (the deletions asked
-             for so far are done).
+    Ctrl-C once:  finish the current message, then QUIT (deletions so far apply).
     Ctrl-C twice: abort at once without QUIT (the server deletes nothing).
 
     Exit status: 0 done, 1 failure or interrupted (one line on stderr), 2 usage error.
