@@ -214,6 +214,32 @@ def test_mbox_untouched_by_a_cut_message(tmp_path):
     assert mbox.read_bytes() == before
 
 
+@pytest.mark.parametrize("output", ["--maildir", "--mbox"])
+def test_disk_error_leaves_the_message_on_the_server(served, env, tmp_path, output):
+    """A write that fails (here: over the process's file size limit, EFBIG) writes nothing of the
+    message, sends no ACK for it and no QUIT: the server deletes nothing."""
+    import resource
+
+    deliver_all(env)
+    env.deliver("alice", b"Subject: big\n\n" + b"b" * 400_000 + b"\n")
+    out = tmp_path / "out"
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    result = subprocess.run([POP2GATE, "fetch", f"127.0.0.1:{served.port}", "--user", "alice", output, str(out),
+                             "--delete"], input=PASSWORD + "\n", capture_output=True, text=True, timeout=60,
+                            preexec_fn=small_files)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"pop2gate fetch: cannot write {out}: File too large: message 4 left on the server"]
+    if output == "--maildir":
+        assert saved(out) == [wire(m) for m in MESSAGES]
+    else:
+        assert out.read_bytes().count(b"\r\n\r\nFrom ") == 2 and b"bbbb" not in out.read_bytes()
+    assert len(env.files("alice")) == 4
+
+
 def test_wrong_password_and_closed_port(served, env, tmp_path):
     env.deliver("alice", b"x\n")
     result = fetch(served.port, "--user", "alice", "--maildir", str(tmp_path / "m"), stdin="wrong\n")
