@@ -146,17 +146,24 @@ def test_limit_with_delete(served, env, tmp_path):
 # --- failures: nothing written that is not whole, nothing deleted -------------------------
 
 
+def start_behind_relay(served, out: Path):
+    """`fetch --maildir OUT --delete` through a Relay that holds at the octets MARK."""
+    relay = Relay(("127.0.0.1", served.port), hold_at=b"MARK")
+    proc = subprocess.Popen([POP2GATE, "fetch", f"127.0.0.1:{relay.port}", "--user", "alice", "--maildir",
+                             str(out), "--delete"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdin.write(PASSWORD + "\n")
+    proc.stdin.close()
+    assert relay.held.wait(30)
+    return relay, proc
+
+
 def test_server_killed_mid_retr(served, env, tmp_path):
     deliver_all(env)
     env.deliver("alice", b"Subject: four\n\n" + b"MARK" + b"x" * 300_000 + b"\n")
     out = tmp_path / "m"
-    with Relay(("127.0.0.1", served.port), hold_at=b"MARK") as relay:
-        proc = subprocess.Popen([POP2GATE, "fetch", f"127.0.0.1:{relay.port}", "--user", "alice", "--maildir",
-                                 str(out), "--delete"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        proc.stdin.write(PASSWORD + "\n")
-        proc.stdin.close()
-        assert relay.held.wait(30)
+    relay, proc = start_behind_relay(served, out)  # held just inside message 4's octets
+    with relay:
         served.proc.kill()
         served.proc.wait(10)
         relay.cut()
@@ -377,17 +384,6 @@ def test_progress_bar_on_a_terminal_and_none_when_piped(served, env, tmp_path):
     piped = fetch(served.port, "--user", "alice", "--maildir", str(tmp_path / "p"))
     assert piped.returncode == 0
     assert len(piped.stderr.splitlines()) == 1 and "\x1b" not in piped.stderr and "━" not in piped.stderr
-
-
-def start_behind_relay(served, out: Path):
-    relay = Relay(("127.0.0.1", served.port), hold_at=b"MARK")
-    proc = subprocess.Popen([POP2GATE, "fetch", f"127.0.0.1:{relay.port}", "--user", "alice", "--maildir",
-                             str(out), "--delete"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    proc.stdin.write(PASSWORD + "\n")
-    proc.stdin.close()
-    assert relay.held.wait(30)
-    return relay, proc
 
 
 def test_first_ctrl_c_finishes_the_message_and_quits(served, env, tmp_path):
