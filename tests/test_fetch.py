@@ -305,7 +305,7 @@ def test_password_sources(served, env, tmp_path):
     assert fetch(served.port, "--user", "alice", "--list", "--password-file", str(pw), stdin="").returncode == 0
     pw.chmod(0o640)
     result = fetch(served.port, "--user", "alice", "--list", "--password-file", str(pw), stdin="")
-    assert result.returncode == 2 and "readable by group or others (mode 0640): chmod 600 it" in result.stderr
+    assert result.returncode == 2 and "is open to group or others (mode 0640): chmod 600 it" in result.stderr
     result = fetch(served.port, "--user", "alice", "--list", stdin="", env={"POP2_PASSWORD": PASSWORD})
     assert result.returncode == 0, result.stderr
     result = fetch(served.port, "--user", "alice", "--list", stdin="")
@@ -397,7 +397,9 @@ def test_first_ctrl_c_finishes_the_message_and_quits(served, env, tmp_path):
         relay.release()
         err = proc.stderr.read()
         assert proc.wait(30) == 1
-    assert "stopped by Ctrl-C after 2 of 3" in err and "QUIT sent" in err
+    assert err.splitlines()[-1] == (
+        f"pop2gate fetch: stopped by Ctrl-C, QUIT sent: 2 message(s), {len(wire(MESSAGES[0])) + 27} octets, "
+        f"from INBOX saved to {tmp_path / 'm'}, deleted on the server")
     assert saved(tmp_path / "m") == [wire(MESSAGES[0]), b"Subject: two\r\n\r\nMARK here\r\n"]
     assert len(env.files("alice")) == 1  # QUIT: the two ACKD messages went, the third stays
 

@@ -148,7 +148,7 @@ def user_add(name: str, config_path: Path | None, users_file: Path | None, backe
 @click.argument("target", metavar="HOST[:PORT]")
 @click.option("--user", required=True, metavar="USER", help="Login name.")
 @click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Read the password from the first line of FILE (refused if group or others may read it).")
+              help="Read the password from the first line of FILE (refused if group or others have any access).")
 @click.option("--folder", metavar="NAME", help="Mailbox to read instead of INBOX.")
 @click.option("--list", "list_only", is_flag=True, help="Only list message numbers and sizes; change nothing.")
 @click.option("--dry-run", is_flag=True, help="The same as --list.")

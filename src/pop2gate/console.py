@@ -37,7 +37,7 @@ def read_password(password_file: Path | None, prompt: str) -> str:
             with open(password_file, encoding="utf-8") as f:
                 mode = os.fstat(f.fileno()).st_mode
                 if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                    raise PasswordError(f"{password_file} is readable by group or others "
+                    raise PasswordError(f"{password_file} is open to group or others "
                                         f"(mode {stat.S_IMODE(mode):04o}): chmod 600 it")
                 line = f.readline()
         except (OSError, UnicodeDecodeError) as err:

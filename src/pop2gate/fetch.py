@@ -96,6 +96,8 @@ def login(client: Client, user: str, password: str, folder: str | None) -> int:
         count = client.helo(user, password)
     except Pop2Error as err:
         raise FetchError(f"login refused: {err.text}") from err
+    except LocalProtocolError as err:
+        raise FetchError(f"cannot log in with that name or password: {err}") from err
     except (ProtocolError, OSError) as err:
         raise FetchError(_network(err, "at login")) from err
     if not folder:
@@ -110,13 +112,14 @@ def login(client: Client, user: str, password: str, folder: str | None) -> int:
         raise FetchError(_network(err, "at FOLD")) from err
 
 
-def sizes(client: Client, count: int, limit: int | None = None) -> list[tuple[int, int]]:
+def sizes(client: Client, count: int, limit: int | None = None,
+          stop: Callable[[], bool] = lambda: False) -> list[tuple[int, int]]:
     """(number, octets) of the messages to take, in order: READ each, skip empty ones
-    (deleted by someone else), at most `limit`. Changes nothing on the server."""
+    (deleted by someone else), at most `limit`, until `stop()`. Changes nothing on the server."""
     found: list[tuple[int, int]] = []
     try:
         for n in range(1, count + 1):
-            if limit is not None and len(found) >= limit:
+            if (limit is not None and len(found) >= limit) or stop():
                 break
             if size := client.read(n):
                 found.append((n, size))
@@ -226,6 +229,10 @@ class Session:
     connect_timeout: float = 30.0
     timeout: float = 60.0
 
+    @property
+    def mailbox(self) -> str:
+        return self.folder or "INBOX"
+
 
 def run(session: Session, password: str, writer: Writer | None, *, delete: bool = False,
         limit: int | None = None, bar: bool = False) -> int:
@@ -234,36 +241,38 @@ def run(session: Session, password: str, writer: Writer | None, *, delete: bool 
     from .console import Bar, CtrlC
 
     progress = Bar() if bar and writer is not None else None
-    mailbox = session.folder or "INBOX"
-    with CtrlC(progress) as ctrl_c:
-        client = connect(session.host, session.port, timeout=session.timeout,
-                         connect_timeout=session.connect_timeout, context=session.context)
-        try:
-            messages = sizes(client, login(client, session.user, password, session.folder), limit)
-            if writer is None:
-                for n, size in messages:
-                    print(f"{n:6d} {size:10d}", flush=True)
+    try:
+        with CtrlC(progress) as ctrl_c:
+            client = connect(session.host, session.port, timeout=session.timeout,
+                             connect_timeout=session.connect_timeout, context=session.context)
+            with client:  # closed in the end; after a failure without QUIT
+                count = login(client, session.user, password, session.folder)
+                messages = sizes(client, count, limit, stop=lambda: ctrl_c.requested)
+                if writer is None:
+                    for n, size in messages:
+                        print(f"{n:6d} {size:10d}", flush=True)
+                    quit_session(client)
+                    line = f"{len(messages)} message(s), {sum(s for _, s in messages)} octets in {session.mailbox}"
+                    return _end(line, ctrl_c.requested)
+                try:
+                    summary = copy(client, messages, writer, delete, progress, stop=lambda: ctrl_c.requested)
+                finally:
+                    if progress is not None:
+                        progress.stop()
                 quit_session(client)
-                _tell(f"{len(messages)} message(s), {sum(s for _, s in messages)} octets in {mailbox}")
-                return 0
-            try:
-                summary = copy(client, messages, writer, delete, progress, stop=lambda: ctrl_c.requested)
-            finally:
-                if progress is not None:
-                    progress.stop()
-            quit_session(client)
-        except KeyboardInterrupt:
-            raise FetchError("aborted by a second Ctrl-C: no QUIT sent, so the server deletes nothing; "
-                             "the message in transfer was not written") from None
-        finally:
-            client.close()
+    except KeyboardInterrupt:
+        raise FetchError("aborted by a second Ctrl-C: no QUIT sent, so the server deletes nothing; "
+                         "the message in transfer was not written") from None
     fate = "deleted on the server" if delete else "kept on the server"
-    saved = f"{summary.saved} message(s), {summary.octets} octets, from {mailbox} saved to {writer.where}, {fate}"
-    if summary.stopped:
-        _tell(f"stopped by Ctrl-C after {summary.saved} of {len(messages)}: {saved}; QUIT sent")
-        return 1
-    _tell(saved)
-    return 0
+    line = (f"{summary.saved} message(s), {summary.octets} octets, from {session.mailbox} saved to "
+            f"{writer.where}, {fate}")
+    return _end(line, summary.stopped)
+
+
+def _end(line: str, stopped: bool) -> int:
+    """Say how it ended: the summary line on stderr; the exit status."""
+    _tell(f"stopped by Ctrl-C, QUIT sent: {line}" if stopped else line)
+    return 1 if stopped else 0
 
 
 def _tell(line: str) -> None:

@@ -117,7 +117,11 @@ class MaildirWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         with _disk(path):
+            created = not (path / "new").is_dir()
             make_maildir(path)
+            if created:  # the new directories themselves survive a crash
+                for d in (path, path.parent):
+                    _fsync_dir(d)
         self._host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
         self._n = 0
 
