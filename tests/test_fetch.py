@@ -146,13 +146,13 @@ def test_limit_with_delete(served, env, tmp_path):
 # --- failures: nothing written that is not whole, nothing deleted -------------------------
 
 
-def start_behind_relay(served, out: Path):
-    """`fetch --maildir OUT --delete` through a Relay that holds at the octets MARK."""
-    relay = Relay(("127.0.0.1", served.port), hold_at=b"MARK")
-    proc = subprocess.Popen([POP2GATE, "fetch", f"127.0.0.1:{relay.port}", "--user", "alice", "--maildir",
+def start_behind_relay(port: int, out: Path, user: str = "alice", password: str = PASSWORD):
+    """`fetch --maildir OUT --delete` through a Relay to `port` that holds at the octets MARK."""
+    relay = Relay(("127.0.0.1", port), hold_at=b"MARK")
+    proc = subprocess.Popen([POP2GATE, "fetch", f"127.0.0.1:{relay.port}", "--user", user, "--maildir",
                              str(out), "--delete"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    proc.stdin.write(PASSWORD + "\n")
+    proc.stdin.write(password + "\n")
     proc.stdin.close()
     assert relay.held.wait(30)
     return relay, proc
@@ -162,7 +162,7 @@ def test_server_killed_mid_retr(served, env, tmp_path):
     deliver_all(env)
     env.deliver("alice", b"Subject: four\n\n" + b"MARK" + b"x" * 300_000 + b"\n")
     out = tmp_path / "m"
-    relay, proc = start_behind_relay(served, out)  # held just inside message 4's octets
+    relay, proc = start_behind_relay(served.port, out)  # held just inside message 4's octets
     with relay:
         served.proc.kill()
         served.proc.wait(10)
@@ -173,6 +173,51 @@ def test_server_killed_mid_retr(served, env, tmp_path):
         "pop2gate fetch: connection lost during message 4: nothing written for it, nothing deleted"]
     assert saved(out) == [wire(m) for m in MESSAGES]  # the first three are whole, the fourth is not there
     assert len(env.files("alice")) == 4  # ACKD sent for three, but no QUIT: none deleted
+
+
+def test_server_killed_mid_retr_dovecot_backend(dovecot, tmp_path):
+    """The same through `pop2gate serve` to Dovecot: every UID stays, none flagged \\Deleted."""
+    import pwd
+
+    from dovecot import HOST, USERS
+    from helpers import wait_port
+
+    dovecot.clear("carol")
+    messages = [wire(m) for m in MESSAGES] + [b"Subject: four\r\n\r\nMARK" + b"x" * 300_000 + b"\r\n"]
+    uids = [dovecot.append("carol", m) for m in messages]
+    port = free_port()
+    cfg = tmp_path / "imap.toml"
+    cfg.write_text(f"""[server]
+hostname = "test.invalid"
+listen = ["127.0.0.1:{port}"]
+user = "{pwd.getpwuid(os.geteuid()).pw_name}"
+[[backend]]
+name = "dc"
+type = "imap"
+url = "imap://{HOST}:{dovecot.port}"
+tls = "none"
+[routing]
+default = "dc"
+""")
+    with open(tmp_path / "serve.log", "w") as log:
+        server = subprocess.Popen([POP2GATE, "serve", "-c", str(cfg)], stderr=log)
+    try:
+        wait_port(port, server)
+        relay, proc = start_behind_relay(port, tmp_path / "m", "carol", USERS["carol"])
+        with relay:
+            server.kill()
+            server.wait(10)
+            relay.cut()
+            err = proc.stderr.read()
+            assert proc.wait(30) == 1
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+    assert "connection lost during message 4: nothing written for it, nothing deleted" in err
+    assert saved(tmp_path / "m") == messages[:3]
+    left = dovecot.uids("carol")
+    assert sorted(left) == uids and not any(r"\Deleted" in flags for flags in left.values())
 
 
 def short_server(sent: bytes, then_close: bool):
@@ -258,6 +303,15 @@ def test_wrong_password_and_closed_port(served, env, tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"pop2gate fetch: cannot connect to 127.0.0.1:{port}: Connection refused"]
     assert len(env.files("alice")) == 1
+
+
+def test_server_that_never_greets(tmp_path):
+    with ScriptedServer(lambda conn: conn.drain()) as srv:
+        result = fetch(srv.target, "--user", "alice", "--maildir", str(tmp_path / "m"), "--timeout", "0.5")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"pop2gate fetch: no answer from 127.0.0.1:{srv.port} (timed out connecting or waiting for the greeting)"]
+    assert srv.received == []  # not even the password
 
 
 def test_ipv6_target():
@@ -390,7 +444,7 @@ def test_first_ctrl_c_finishes_the_message_and_quits(served, env, tmp_path):
     env.deliver("alice", MESSAGES[0])
     env.deliver("alice", b"Subject: two\n\nMARK here\n")
     env.deliver("alice", MESSAGES[2])
-    relay, proc = start_behind_relay(served, tmp_path / "m")
+    relay, proc = start_behind_relay(served.port, tmp_path / "m")
     with relay:
         proc.send_signal(signal.SIGINT)
         assert "stopping after this message" in proc.stderr.readline() + proc.stderr.readline()
@@ -407,7 +461,7 @@ def test_first_ctrl_c_finishes_the_message_and_quits(served, env, tmp_path):
 def test_second_ctrl_c_aborts_without_quit(served, env, tmp_path):
     env.deliver("alice", MESSAGES[0])
     env.deliver("alice", b"Subject: two\n\nMARK here\n")
-    relay, proc = start_behind_relay(served, tmp_path / "m")
+    relay, proc = start_behind_relay(served.port, tmp_path / "m")
     with relay:
         proc.send_signal(signal.SIGINT)
         assert "stopping after this message" in proc.stderr.readline() + proc.stderr.readline()

@@ -83,7 +83,7 @@ def connect(host: str, port: int, *, timeout: float, connect_timeout: float,
     except ssl.SSLError as err:
         raise FetchError(f"TLS with {host}:{port} failed: {err.reason or err}") from err
     except TimeoutError as err:
-        raise FetchError(f"no answer from {host}:{port} within {connect_timeout:g} s") from err
+        raise FetchError(f"no answer from {host}:{port} (timed out connecting or waiting for the greeting)") from err
     except OSError as err:
         raise FetchError(f"cannot connect to {host}:{port}: {err.strerror or err}") from err
     except ProtocolError as err:
