@@ -46,7 +46,7 @@ __all__ = [
     "ClientProtocol", "Client", "AsyncClient", "State", "NEED_DATA",
     "Greeting", "Count", "Length", "Ok", "Error", "Data", "DataEnd", "Closed", "Event",
     "ProtocolError", "Pop2Error", "LocalProtocolError", "RemoteProtocolError",
-    "ConnectionClosed", "DEFAULT_PORT",
+    "ConnectionClosed", "DEFAULT_PORT", "Sink",
 ]
 
 
