@@ -305,6 +305,31 @@ def test_wrong_password_and_closed_port(served, env, tmp_path):
     assert len(env.files("alice")) == 1
 
 
+@pytest.mark.parametrize("greeting,answers,why", [
+    (b"220 smtp.example ESMTP\r\n", [], "is not a POP2 server"),
+    (b"+ POP2 ready\r\n", [b"+OK 2 messages\r\n"], "protocol error at login"),
+    (b"+ POP2 ready\r\n", [b"#2\r\n", b"=12 x\r\n", b"=zz\r\n"], "protocol error while reading the sizes"),
+])
+def test_protocol_errors_exit_1_with_one_line(tmp_path, greeting, answers, why):
+    from helpers import replies
+
+    with ScriptedServer(replies(answers, greeting, drain=True)) as srv:
+        result = fetch(srv.target, "--user", "alice", "--maildir", str(tmp_path / "m"), "--delete")
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1 and why in result.stderr and "Traceback" not in result.stderr
+    assert saved(tmp_path / "m") == []
+    assert not any(line.startswith((b"QUIT", b"ACK")) for line in srv.received)
+
+
+def test_stdout_with_delete_takes_only_the_first(served, env):
+    deliver_all(env)
+    result = subprocess.run([POP2GATE, "fetch", f"127.0.0.1:{served.port}", "--user", "alice", "--stdout",
+                             "--delete"], input=PASSWORD.encode() + b"\n", capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == wire(MESSAGES[0])
+    assert len(env.files("alice")) == 2
+
+
 def test_server_that_never_greets(tmp_path):
     with ScriptedServer(lambda conn: conn.drain()) as srv:
         result = fetch(srv.target, "--user", "alice", "--maildir", str(tmp_path / "m"), "--timeout", "0.5")
