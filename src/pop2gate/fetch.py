@@ -92,24 +92,24 @@ def connect(host: str, port: int, *, timeout: float, connect_timeout: float,
 
 def login(client: Client, user: str, password: str, folder: str | None) -> int:
     """HELO (and FOLD): the number of messages."""
-    try:
-        count = client.helo(user, password)
-    except Pop2Error as err:
-        raise FetchError(f"login refused: {err.text}") from err
-    except LocalProtocolError as err:
-        raise FetchError(f"cannot log in with that name or password: {err}") from err
-    except (ProtocolError, OSError) as err:
-        raise FetchError(_network(err, "at login")) from err
+    count = _ask(lambda: client.helo(user, password), "at login", "login refused",
+                 "cannot log in with that name or password")
     if not folder:
         return count
+    return _ask(lambda: client.fold(folder), "at FOLD", f"folder {folder!r} refused",
+                f"cannot ask for folder {folder!r}")
+
+
+def _ask(call: Callable[[], int], when: str, refused: str, unsendable: str) -> int:
+    """One command and its reply; each way it can fail as a FetchError."""
     try:
-        return client.fold(folder)
-    except LocalProtocolError as err:
-        raise FetchError(f"cannot ask for folder {folder!r}: {err}") from err
+        return call()
     except Pop2Error as err:
-        raise FetchError(f"folder {folder!r} refused: {err.text}") from err
+        raise FetchError(f"{refused}: {err.text}") from err
+    except LocalProtocolError as err:
+        raise FetchError(f"{unsendable}: {err}") from err
     except (ProtocolError, OSError) as err:
-        raise FetchError(_network(err, "at FOLD")) from err
+        raise FetchError(_network(err, when)) from err
 
 
 def sizes(client: Client, count: int, limit: int | None = None,
