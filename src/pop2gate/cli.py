@@ -144,7 +144,7 @@ def user_add(name: str, config_path: Path | None, users_file: Path | None, backe
     click.echo(f"{'added' if new else 'changed'} user {name} in {path}")
 
 
-@main.command(context_settings={"max_content_width": 100})
+@main.command()
 @click.argument("target", metavar="HOST[:PORT]")
 @click.option("--user", required=True, metavar="USER", help="Login name.")
 @click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
@@ -194,7 +194,11 @@ def fetch(target: str, user: str, password_file: Path | None, folder: str | None
 
     Exit status: 0 done, 1 failure or interrupted (one line on stderr), 2 usage error.
     """
-    from .fetch import FetchError, TargetError, parse_host_port, tls_context
+    import ssl
+
+    from .console import PasswordError, read_password
+    from .fetch import FetchError, Session, TargetError, parse_host_port, run, tls_context
+    from .mailfiles import MaildirWriter, MboxWriter, StdoutWriter, WriteError
 
     outputs = [list_only or dry_run, maildir is not None, mbox is not None, to_stdout]
     if sum(outputs) != 1:
@@ -211,14 +215,10 @@ def fetch(target: str, user: str, password_file: Path | None, folder: str | None
         host, port = parse_host_port(target)
     except TargetError as err:
         raise click.BadParameter(str(err), param_hint="HOST[:PORT]") from None
-    import ssl
-
     try:
         context = tls_context(ca_file, insecure) if tls else None
     except ssl.SSLError as err:
         raise click.BadParameter(f"no CA certificate in {ca_file}: {err}", param_hint="--ca-file") from None
-    from .console import PasswordError, read_password
-
     try:
         password = read_password(password_file, f"Password for {user} at {target}: ")
     except PasswordError as err:
@@ -226,9 +226,6 @@ def fetch(target: str, user: str, password_file: Path | None, folder: str | None
     if insecure:
         click.echo("pop2gate fetch: warning: --insecure: the server's certificate is not verified; "
                    "anyone on the path can read the password and the mail", err=True)
-    from .fetch import Session, run
-    from .mailfiles import MaildirWriter, MboxWriter, StdoutWriter, WriteError
-
     try:
         writer = (MaildirWriter(maildir) if maildir is not None else MboxWriter(mbox) if mbox is not None
                   else StdoutWriter() if to_stdout else None)
