@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import ssl
+import stat
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -164,33 +165,62 @@ async def serve_forever(config: Config, ready: Callable[[list[asyncio.Server]], 
         await gateway.aclose()
 
 
-def _stdio_peer() -> Peer:
-    """The client's address when stdin is a socket (inetd, socat), else 'stdio'."""
+def _stdin_socket() -> socket.socket | None:
+    """stdin as a socket when it is one and stdout is the same (inetd, xinetd, socat), else None.
+
+    The socket is moved to a new descriptor and stdin and stdout are pointed at /dev/null, so
+    closing the socket ends the connection and nothing else can write into the session.
+    """
     try:
-        sock = socket.socket(fileno=os.dup(0))
+        stdin, stdout = os.fstat(0), os.fstat(1)
     except OSError:
-        return Peer("stdio", 0)
+        return None
+    if not stat.S_ISSOCK(stdin.st_mode) or (stdin.st_dev, stdin.st_ino) != (stdout.st_dev, stdout.st_ino):
+        return None
+    sock = socket.socket(fileno=os.dup(0))
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    return sock
+
+
+def _socket_peer(sock: socket.socket) -> Peer:
+    """The client's address on an inherited socket ('local' for a Unix socket)."""
     try:
         name = sock.getpeername()
-        return Peer(str(name[0]), int(name[1])) if isinstance(name, tuple) else Peer("local", 0)
     except OSError:
         return Peer("stdio", 0)
-    finally:
-        sock.close()
+    return Peer(str(name[0]), int(name[1])) if isinstance(name, tuple) else Peer("local", 0)
 
 
-async def serve_stdio(config: Config) -> None:
-    """One session on stdin/stdout, the way inetd, xinetd or socat start it."""
-    drop_privileges(config)
-    loop = asyncio.get_running_loop()
+async def _pipe_streams(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Streams on stdin and stdout when they are pipes or files (a test, a shell pipeline)."""
     reader = asyncio.StreamReader(limit=MAX_LINE, loop=loop)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), sys.stdin.buffer)
     transport, protocol = await loop.connect_write_pipe(
         lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), loop=loop), sys.stdout.buffer
     )
-    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    return reader, asyncio.StreamWriter(transport, protocol, None, loop)
+
+
+async def serve_stdio(config: Config) -> None:
+    """One session on stdin/stdout, the way inetd, xinetd or socat start it.
+
+    When stdin is the accepted socket it is used as one; a write-pipe transport on a socket
+    would take the client's next command for the peer going away.
+    """
+    drop_privileges(config)
+    loop = asyncio.get_running_loop()
+    sock = _stdin_socket()
+    if sock is not None:
+        peer = _socket_peer(sock)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_LINE)
+    else:
+        peer = Peer("stdio", 0)
+        reader, writer = await _pipe_streams(loop)
     gateway = Gateway(config)
     try:
-        await gateway.handle(reader, writer, _stdio_peer())
+        await gateway.handle(reader, writer, peer)
     finally:
         await gateway.aclose()
