@@ -4,8 +4,6 @@ accepted TCP socket, and the client waits for each reply before it sends the nex
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,33 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BIN, PASSWORD, MailEnv, free_port, wait_port
+from helpers import BIN, PASSWORD, MailEnv, free_port, log_with, need_program, stop_process, wait_port
 from pop2gate.pop2.client import Client, Pop2Error
 
 POP2GATE = str(BIN / "pop2gate")
-
-
-def _need(program: str) -> str:
-    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
-    assert path, f"{program} is not installed: run scripts/install-test-deps.sh"
-    return path
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
-def _log_with(path: Path, text: str, timeout: float = 10) -> str:
-    """The log file once it holds `text` (the session's process may still be ending)."""
-    deadline = time.monotonic() + timeout
-    while text not in (log := path.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return log
 
 
 @pytest.fixture
@@ -50,13 +25,13 @@ def socat(env: MailEnv, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     log = tmp_path / "inetd.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen(
-            [_need("socat"), f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+            [need_program("socat"), f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
              f"EXEC:{POP2GATE} serve --inetd -c {cfg},nofork"], stderr=err)
     try:
         wait_port(port, proc)
         yield port, log
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @pytest.fixture
@@ -81,13 +56,13 @@ def xinetd(env: MailEnv, tmp_path: Path) -> Iterator[tuple[int, Path]]:
         f"    port        = {port}\n"
         f"    server      = {wrapper}\n"
         "}\n")
-    proc = subprocess.Popen([_need("xinetd"), "-dontfork", "-f", str(conf), "-pidfile", str(tmp_path / "x.pid")],
+    proc = subprocess.Popen([need_program("xinetd"), "-dontfork", "-f", str(conf), "-pidfile", str(tmp_path / "x.pid")],
                             stderr=subprocess.PIPE)
     try:
         wait_port(port, proc)
         yield port, log
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @pytest.fixture(params=["socat", "xinetd"])
@@ -113,7 +88,7 @@ def test_full_drain_with_ackd_and_quit(inetd, env):
         assert c.quit() == "OK"
     assert got == [b.replace(b"\n", b"\r\n") for b in bodies]
     assert env.files("alice") == []
-    text = _log_with(log, "deleted")
+    text = log_with(log, "deleted")
     assert "peer=127.0.0.1:" in text  # the client's address, read from the socket
     assert "Traceback" not in text and PASSWORD not in text
 
@@ -137,5 +112,5 @@ def test_bad_login(inetd, env):
     with Client.connect("127.0.0.1", port, timeout=20) as c, pytest.raises(Pop2Error, match="Bad login"):
         c.helo("alice", "wrong")
     assert len(env.files("alice")) == 1
-    text = _log_with(log, "bad login")
+    text = log_with(log, "bad login")
     assert "bad login" in text and "Traceback" not in text and "wrong" not in text
