@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BIN, PASSWORD, MailEnv, free_port, log_with, stop_process
+from helpers import BIN, PASSWORD, MailEnv, free_port, log_with, need_program, stop_process, wait_port
 from pop2gate.gateway.activation import ActivationError, inherited_sockets
 from pop2gate.pop2.client import Client
 
@@ -162,3 +162,31 @@ def test_variables_are_removed_once_read():
     with pytest.raises(ActivationError, match="LISTEN_FDS='0'"):
         inherited_sockets(environ, pid=7)
     assert environ == {}
+
+
+def test_systemd_socket_activate_hands_over_both_sockets(env, tmp_path):
+    """systemd's own launcher (systemd-socket-activate, Accept=no): pop2gate starts on the first
+    connection with both listening sockets, named as in a socket unit's FileDescriptorName=."""
+    plain, proxy = free_port(), free_port()
+    env.server["proxy_trusted"] = ["127.0.0.1/32"]
+    cfg = env.write_config(f"127.0.0.1:{free_port()}")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([need_program("systemd-socket-activate"), "-l", f"127.0.0.1:{plain}",
+                                 "-l", f"127.0.0.1:{proxy}", "--fdname=pop2gate.socket:proxy",
+                                 POP2GATE, "serve", "-c", str(cfg)], stderr=err)
+    try:
+        wait_port(plain, proc)  # systemd-socket-activate listens; pop2gate starts on this connection
+        env.deliver("alice", b"hello\n")
+        with Client.connect("127.0.0.1", plain, timeout=20) as c:
+            assert c.helo("alice", PASSWORD) == 1
+            assert c.quit() == "OK"
+        sock = socket.create_connection(("127.0.0.1", proxy), timeout=20)
+        sock.sendall(b"PROXY TCP4 198.51.100.9 127.0.0.1 40002 109\r\n")
+        with Client.from_socket(sock, timeout=20) as c:
+            assert c.helo("alice", PASSWORD) == 1
+            assert c.quit() == "OK"
+        text = log_with(log, "proxied peer=198.51.100.9:40002")
+        assert "proxied peer=198.51.100.9:40002" in text and "socket activation: 2 socket(s)" in text
+    finally:
+        stop_process(proc)

@@ -17,16 +17,44 @@ from pop2gate.pop2.client import Client, Pop2Error
 POP2GATE = str(BIN / "pop2gate")
 
 
+CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
+
+
+def inetd_argv(cfg: Path) -> list[str]:
+    """The command of contrib/inetd/inetd.conf's line, for this venv's pop2gate and `cfg`."""
+    line = next(ln for ln in (CONTRIB / "inetd" / "inetd.conf").read_text().splitlines()
+                if ln and not ln.startswith("#"))
+    fields = line.split()
+    assert fields[1:4] == ["stream", "tcp", "nowait"] and fields[5] == "/usr/local/bin/pop2gate"
+    args = fields[7:]
+    assert args[:3] == ["serve", "--inetd", "-c"]
+    return [POP2GATE, *args[:3], str(cfg)]
+
+
 @pytest.fixture
 def socat(env: MailEnv, tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """socat accepting on a loopback port, each connection exec'ed as `pop2gate serve --inetd`."""
+    """socat accepting on a loopback port, each connection exec'ed as contrib's inetd command."""
     port = free_port()
-    cfg = env.write_config()
     log = tmp_path / "inetd.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen(
             [need_program("socat"), f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
-             f"EXEC:{POP2GATE} serve --inetd -c {cfg},nofork"], stderr=err)
+             "EXEC:" + " ".join(inetd_argv(env.write_config())) + ",nofork"], stderr=err)
+    try:
+        wait_port(port, proc)
+        yield port, log
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture
+def socket_activate(env: MailEnv, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """systemd's own launcher in inetd mode (Accept=yes): one process per connection, the socket as stdio."""
+    port = free_port()
+    log = tmp_path / "inetd.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([need_program("systemd-socket-activate"), "--inetd", "-a", "-l", f"127.0.0.1:{port}",
+                                 *inetd_argv(env.write_config())], stderr=err)
     try:
         wait_port(port, proc)
         yield port, log
@@ -36,26 +64,23 @@ def socat(env: MailEnv, tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 @pytest.fixture
 def xinetd(env: MailEnv, tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """A private xinetd (foreground, its own config) serving `pop2gate serve --inetd` on loopback."""
+    """A private xinetd (foreground) running contrib/xinetd/pop2gate on a loopback port."""
     port = free_port()
     cfg = env.write_config()
     log = tmp_path / "inetd.log"
     wrapper = tmp_path / "pop2gate-inetd"  # xinetd gives the server no stderr: the wrapper keeps its log
-    wrapper.write_text(f"#!/bin/sh\nexec {POP2GATE} serve --inetd -c {cfg} 2>>{log}\n")
+    wrapper.write_text(f'#!/bin/sh\nexec {POP2GATE} "$@" 2>>{log}\n')
     wrapper.chmod(0o755)
     log.touch()
+    service = (CONTRIB / "xinetd" / "pop2gate").read_text()
+    for old, new in [("port        = 109", f"port        = {port}\n    bind        = 127.0.0.1"),
+                     ("user        = pop2gate", f"user        = {os.environ.get('USER') or 'root'}"),
+                     ("/usr/local/bin/pop2gate", str(wrapper)),
+                     ("/etc/pop2gate/pop2gate.toml", str(cfg))]:
+        assert old in service
+        service = service.replace(old, new)
     conf = tmp_path / "xinetd.conf"
-    conf.write_text(
-        "service pop2gate-test\n{\n"
-        "    type        = UNLISTED\n"
-        "    socket_type = stream\n"
-        "    protocol    = tcp\n"
-        "    wait        = no\n"
-        f"    user        = {os.environ.get('USER') or 'root'}\n"
-        f"    bind        = 127.0.0.1\n"
-        f"    port        = {port}\n"
-        f"    server      = {wrapper}\n"
-        "}\n")
+    conf.write_text(service)
     proc = subprocess.Popen([need_program("xinetd"), "-dontfork", "-f", str(conf), "-pidfile", str(tmp_path / "x.pid")],
                             stderr=subprocess.PIPE)
     try:
@@ -65,7 +90,7 @@ def xinetd(env: MailEnv, tmp_path: Path) -> Iterator[tuple[int, Path]]:
         stop_process(proc)
 
 
-@pytest.fixture(params=["socat", "xinetd"])
+@pytest.fixture(params=["socat", "xinetd", "socket_activate"])
 def inetd(request: pytest.FixtureRequest) -> tuple[int, Path]:
     port_and_log: tuple[int, Path] = request.getfixturevalue(request.param)
     return port_and_log
