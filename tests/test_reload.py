@@ -139,3 +139,14 @@ def test_reload_reads_the_tls_certificate_again(env, tmp_path):
         assert greets(second) and not greets(first)
     finally:
         assert stop_process(proc) == 0
+
+
+def test_every_key_a_reload_cannot_change_is_documented():
+    from pop2gate.gateway.listeners import RESTART_KEYS
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    restart = docs.split("| a reload changes | needs a restart |")[1].split("\n\n")[0]
+    column = "\n".join(line.rsplit(" | ", 1)[-1] for line in restart.splitlines())
+    for section, keys in RESTART_KEYS.items():
+        for key in keys:
+            assert f"`{key}`" in column or f"`{section}.{key}`" in column, f"{section}.{key}"

@@ -33,8 +33,12 @@ from .tls import TlsError, handshake, hold_input, server_context
 log = logging.getLogger("pop2gate.server")
 
 
-# Settings a reload cannot change: the sockets are bound and root is given up at start.
-RESTART_KEYS = ("listen", "tls_listen", "proxy_listen", "user", "group")
+# Settings a reload cannot change (docs/operations.md): the sockets are bound and root is given
+# up at start, and the login throttle's tables are sized then.
+RESTART_KEYS = {
+    "server": ("listen", "tls_listen", "proxy_listen", "user", "group"),
+    "limits": ("listen_backlog", "login_failure_window", "max_tracked_addresses", "max_login_failures_per_second"),
+}
 
 
 def _tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
@@ -74,9 +78,10 @@ class Gateway:
         check_store_access(config)
         tls = _tls_context(config.server)
         stores = open_stores(config)
-        for key in RESTART_KEYS:
-            if getattr(config.server, key) != getattr(self.config.server, key):
-                log.warning("reload: server.%s changed; it takes effect at the next restart", key)
+        for section, keys in RESTART_KEYS.items():
+            for key in keys:
+                if getattr(getattr(config, section), key) != getattr(getattr(self.config, section), key):
+                    log.warning("reload: %s.%s changed; it takes effect at the next restart", section, key)
         old = self.stores
         self.config, self.tls, self.stores = config, tls, stores
         self.router = Router(config, stores)
