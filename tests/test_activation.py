@@ -45,6 +45,15 @@ def _start(args: list[str], first: socket.socket, second: socket.socket, env: di
             env={**os.environ, "SECOND": str(second.fileno()), **env})
 
 
+def _login_via_proxy(port: int, addresses: str, messages: int) -> None:
+    """Log in as alice through a PROXY v1 header giving `addresses` (source, destination, ports)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock.sendall(f"PROXY TCP4 {addresses}\r\n".encode())
+    with Client.from_socket(sock, timeout=20) as c:
+        assert c.helo("alice", PASSWORD) == messages
+        assert c.quit() == "OK"
+
+
 @pytest.fixture
 def activated(env: MailEnv, tmp_path: Path) -> Iterator[tuple[int, int, int, Path]]:
     """pop2gate with a plain socket (named as systemd names it by default) and a PROXY one handed
@@ -78,11 +87,7 @@ def test_serves_the_handed_over_sockets(activated, env):
         assert c.quit() == "OK"
     assert len(env.files("alice")) == 1
 
-    sock = socket.create_connection(("127.0.0.1", proxy), timeout=20)
-    sock.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40001 109\r\n")
-    with Client.from_socket(sock, timeout=20) as c:
-        assert c.helo("alice", PASSWORD) == 1
-        assert c.quit() == "OK"
+    _login_via_proxy(proxy, "192.0.2.7 127.0.0.1 40001 109", 1)
     text = log_with(log, "proxied peer=192.0.2.7:40001")
     assert "proxied peer=192.0.2.7:40001" in text
     assert "socket activation: 2 socket(s) handed over" in text
@@ -181,11 +186,7 @@ def test_systemd_socket_activate_hands_over_both_sockets(env, tmp_path):
         with Client.connect("127.0.0.1", plain, timeout=20) as c:
             assert c.helo("alice", PASSWORD) == 1
             assert c.quit() == "OK"
-        sock = socket.create_connection(("127.0.0.1", proxy), timeout=20)
-        sock.sendall(b"PROXY TCP4 198.51.100.9 127.0.0.1 40002 109\r\n")
-        with Client.from_socket(sock, timeout=20) as c:
-            assert c.helo("alice", PASSWORD) == 1
-            assert c.quit() == "OK"
+        _login_via_proxy(proxy, "198.51.100.9 127.0.0.1 40002 109", 1)
         text = log_with(log, "proxied peer=198.51.100.9:40002")
         assert "proxied peer=198.51.100.9:40002" in text and "socket activation: 2 socket(s)" in text
     finally:

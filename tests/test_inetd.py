@@ -31,35 +31,31 @@ def inetd_argv(cfg: Path) -> list[str]:
     return [POP2GATE, *args[:3], str(cfg)]
 
 
-@pytest.fixture
-def socat(env: MailEnv, tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """socat accepting on a loopback port, each connection exec'ed as contrib's inetd command."""
-    port = free_port()
-    log = tmp_path / "inetd.log"
+def _launcher(argv: list[str], port: int, log: Path) -> Iterator[tuple[int, Path]]:
+    """Run a launcher that listens on `port` (its stderr, and its children's, into `log`)."""
     with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [need_program("socat"), f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
-             "EXEC:" + " ".join(inetd_argv(env.write_config())) + ",nofork"], stderr=err)
+        proc = subprocess.Popen(argv, stderr=err)
     try:
         wait_port(port, proc)
         yield port, log
     finally:
         stop_process(proc)
+
+
+@pytest.fixture
+def socat(env: MailEnv, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """socat accepting on a loopback port, each connection exec'ed as contrib's inetd command."""
+    port = free_port()
+    yield from _launcher([need_program("socat"), f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+                          "EXEC:" + " ".join(inetd_argv(env.write_config())) + ",nofork"], port, tmp_path / "inetd.log")
 
 
 @pytest.fixture
 def socket_activate(env: MailEnv, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """systemd's own launcher in inetd mode (Accept=yes): one process per connection, the socket as stdio."""
     port = free_port()
-    log = tmp_path / "inetd.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen([need_program("systemd-socket-activate"), "--inetd", "-a", "-l", f"127.0.0.1:{port}",
-                                 *inetd_argv(env.write_config())], stderr=err)
-    try:
-        wait_port(port, proc)
-        yield port, log
-    finally:
-        stop_process(proc)
+    yield from _launcher([need_program("systemd-socket-activate"), "--inetd", "-a", "-l", f"127.0.0.1:{port}",
+                          *inetd_argv(env.write_config())], port, tmp_path / "inetd.log")
 
 
 @pytest.fixture

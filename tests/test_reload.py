@@ -3,6 +3,7 @@ again for new sessions, open sessions go on with theirs, and a bad file keeps th
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import socket
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from dovecot import make_ca
-from helpers import BIN, PASSWORD, MailEnv, free_port, log_with, stop_process, wait_port
+from helpers import BIN, PASSWORD, MailEnv, expect_closed, free_port, log_with, read_line, stop_process, wait_port
 from pop2gate.pop2.client import Client
 
 POP2GATE = str(BIN / "pop2gate")
@@ -150,3 +151,49 @@ def test_every_key_a_reload_cannot_change_is_documented():
     for section, keys in RESTART_KEYS.items():
         for key in keys:
             assert f"`{key}`" in column or f"`{section}.{key}`" in column, f"{section}.{key}"
+
+
+def _count_closes(store: object, closed: list[object]) -> None:
+    original = store.aclose  # type: ignore[attr-defined]
+
+    async def aclose() -> None:
+        closed.append(store)
+        await original()
+
+    store.aclose = aclose  # type: ignore[attr-defined]
+
+
+async def test_retired_stores_close_when_their_last_session_ends(make_server, env):
+    srv = await make_server()
+    gateway = srv.gateway
+    first = gateway.stores["local"]
+    closed: list[object] = []
+    _count_closes(first, closed)
+    reader, writer = await srv.open()
+    assert (await read_line(reader)).startswith(b"+ POP2")
+    writer.write(f"HELO alice {PASSWORD}\r\n".encode())
+    assert await read_line(reader) == b"#0 messages in INBOX\r\n"
+
+    gateway.reload(env.config())
+    second = gateway.stores["local"]
+    assert second is not first
+    _count_closes(second, closed)
+    await asyncio.sleep(0.2)
+    assert closed == []  # the open session still reads from the first
+
+    writer.write(b"QUIT\r\n")
+    assert await read_line(reader) == b"+ OK\r\n"
+    assert await expect_closed(reader) == b""
+    writer.close()
+    for _ in range(100):
+        if closed:
+            break
+        await asyncio.sleep(0.02)
+    assert closed == [first]
+
+    gateway.reload(env.config())  # no session uses the second: closed at once
+    for _ in range(100):
+        if len(closed) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert closed == [first, second]

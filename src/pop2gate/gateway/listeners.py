@@ -245,8 +245,11 @@ def _reload(gateway: Gateway, load: Callable[[], Config]) -> None:
     log.info("reload: reading the configuration")
     try:
         gateway.reload(load())
-    except (ConfigError, OSError, ValueError) as err:
+    except (ConfigError, OSError) as err:
         log.error("reload failed, the running configuration stays: %s", err)
+        return
+    except Exception as err:  # whatever else a new store raises: the running server goes on
+        log.error("reload failed, the running configuration stays: %s: %s", type(err).__name__, err)
         return
     log.info("reload: done; new sessions use the new configuration, open ones keep theirs")
 
