@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -191,3 +192,26 @@ def test_systemd_socket_activate_hands_over_both_sockets(env, tmp_path):
         assert "proxied peer=198.51.100.9:40002" in text and "socket activation: 2 socket(s)" in text
     finally:
         stop_process(proc)
+
+
+def test_a_socket_named_tls_is_served_with_tls(env, tmp_path):
+    from dovecot import make_ca
+
+    make_ca(tmp_path)
+    env.server.update(tls_cert=str(tmp_path / "server.pem"), tls_key=str(tmp_path / "server.key"))
+    cfg = env.write_config(f"127.0.0.1:{free_port()}")
+    plain, tls = _listening(), _listening()
+    log = tmp_path / "serve.log"
+    proc = _start([POP2GATE, "serve", "-c", str(cfg)], plain, tls,
+                  {"LISTEN_FDS": "2", "LISTEN_FDNAMES": "pop2gate.socket:tls"}, log)
+    port = tls.getsockname()[1]
+    plain.close()
+    tls.close()
+    try:
+        assert "(tls_listen, handed over)" in log_with(log, "(tls_listen, handed over)")
+        context = ssl.create_default_context(cafile=tmp_path / "ca.pem")
+        with Client.connect("127.0.0.1", port, timeout=20, ssl_context=context, server_hostname="localhost") as c:
+            assert c.helo("alice", PASSWORD) == 0
+            assert c.quit() == "OK"
+    finally:
+        assert stop_process(proc) == 0

@@ -4,6 +4,7 @@ accepted TCP socket, and the client waits for each reply before it sends the nex
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import time
 from collections.abc import Iterator
@@ -70,7 +71,7 @@ def xinetd(env: MailEnv, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     log.touch()
     service = (CONTRIB / "xinetd" / "pop2gate").read_text()
     for old, new in [("port        = 109", f"port        = {port}\n    bind        = 127.0.0.1"),
-                     ("user        = pop2gate", f"user        = {os.environ.get('USER') or 'root'}"),
+                     ("user        = pop2gate", f"user        = {pwd.getpwuid(os.geteuid()).pw_name}"),
                      ("/usr/local/bin/pop2gate", str(wrapper)),
                      ("/etc/pop2gate/pop2gate.toml", str(cfg))]:
         assert old in service
