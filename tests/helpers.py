@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -134,6 +136,33 @@ def wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 15) -> No
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"nothing listens on {port}")
+
+
+def need_program(name: str) -> str:
+    """The path of a system program the test needs; fails (never skips) when it is missing."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    assert path, f"{name} is not installed: run scripts/install-test-deps.sh"
+    return path
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> int:
+    """Send `sig`, wait for the exit (SIGKILL after 10 s); returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return int(proc.returncode)
+
+
+def log_with(path: Path, text: str, timeout: float = 15, count: int = 1) -> str:
+    """The log file once `text` is in it `count` times (the process writing it may still be busy)."""
+    deadline = time.monotonic() + timeout
+    while (log := path.read_text()).count(text) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return log
 
 
 class Gateways:

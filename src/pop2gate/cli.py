@@ -41,7 +41,11 @@ def main() -> None:
 @click.option("--inetd", is_flag=True, help="Serve one session on stdin/stdout (inetd, xinetd, socat).")
 @_log_option
 def serve(config_path: Path, inetd: bool, log_level: str) -> None:
-    """Run the POP2 server."""
+    """Run the POP2 server.
+
+    Listens on the addresses of [server], or on the sockets systemd hands over (socket
+    activation). SIGHUP re-reads the configuration for new sessions; SIGTERM stops.
+    """
     from .gateway.listeners import serve_forever, serve_stdio
 
     config = _load(config_path)
@@ -49,7 +53,7 @@ def serve(config_path: Path, inetd: bool, log_level: str) -> None:
     from .gateway.privileges import PrivilegeError
 
     try:
-        asyncio.run(serve_stdio(config) if inetd else serve_forever(config))
+        asyncio.run(serve_stdio(config) if inetd else serve_forever(config, reload=lambda: load_config(config_path)))
     except PrivilegeError as err:
         click.echo(f"pop2gate: {err}", err=True)
         sys.exit(2)
