@@ -6,6 +6,7 @@ import asyncio
 import getpass
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -17,12 +18,18 @@ from .stores.maildir import MaildirBackend
 CONFIG_HELP = "TOML configuration file (see docs/configuration.md)."
 
 
+def _config_errors(err: ConfigError) -> NoReturn:
+    """Print every issue, one a line (`FILE:LINE: key: what`), and exit 2."""
+    for issue in err.issues:
+        click.echo(f"pop2gate: config error: {issue}", err=True)
+    sys.exit(2)
+
+
 def _load(path: Path) -> Config:
     try:
         return load_config(path)
     except ConfigError as err:
-        click.echo(f"pop2gate: config error: {err}", err=True)
-        sys.exit(2)
+        _config_errors(err)
 
 
 _log_option = click.option(
@@ -54,11 +61,32 @@ def serve(config_path: Path, inetd: bool, log_level: str) -> None:
         click.echo(f"pop2gate: {err}", err=True)
         sys.exit(2)
     except ConfigError as err:  # a store's path the serving user cannot use (gateway.privileges)
-        click.echo(f"pop2gate: config error: {err}", err=True)
-        sys.exit(2)
+        _config_errors(err)
     except OSError as err:
         click.echo(f"pop2gate: cannot listen: {err}", err=True)
         sys.exit(1)
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check a configuration file, or print its reference."""
+
+
+@config_group.command("check")
+@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), required=True, help=CONFIG_HELP)
+def config_check(config_path: Path) -> None:
+    """Validate FILE as `serve` does at start.
+
+    Valid: prints the effective configuration (every default filled in, secrets masked)
+    as TOML on stdout and exits 0. Invalid: prints every error, each with its key and its
+    line in the file (`FILE:LINE: key: what`), on stderr and exits 2. Whether the serving
+    user can use each store's files is checked by `serve`, once it is that user.
+    """
+    from .config_show import effective_toml
+
+    config = _load(config_path)
+    click.echo(effective_toml(config), nl=False)
+    click.echo(f"pop2gate: {config_path}: configuration valid", err=True)
 
 
 @main.command()

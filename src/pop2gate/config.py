@@ -12,6 +12,8 @@ import operator
 import pwd
 import socket
 import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -28,10 +30,30 @@ from pydantic import (
 
 from .stores.base import BackendConfig
 from .stores.registry import BACKENDS
+from .tomllines import key_lines, line_of
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One thing wrong in a configuration: its key path, what is wrong, and where."""
+
+    key: str  # "limits.login_timeout", "backend.0.imap.url"; "" for the file as a whole
+    message: str
+    source: str = ""  # the file, when there is one
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.source + (f":{self.line}" if self.line is not None else "")
+        what = f"{self.key}: {self.message}" if self.key else self.message
+        return f"{where}: {what}" if where else what
 
 
 class ConfigError(Exception):
-    """The configuration is invalid; the message names the key."""
+    """The configuration is invalid: `issues` names every bad key (and its line, from a file)."""
+
+    def __init__(self, problem: str | Sequence[Issue]) -> None:
+        self.issues = [Issue("", problem)] if isinstance(problem, str) else list(problem)
+        super().__init__("; ".join(str(i) for i in self.issues))
 
 
 class _Model(BaseModel):
@@ -159,50 +181,94 @@ class Config(_Model):
     backend: list[Backend] = Field(min_length=1)
     routing: Routing
 
-    @model_validator(mode="after")
-    def _check_names(self) -> Config:
-        names = [b.name for b in self.backend]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"backend names must be unique: {', '.join(dupes)}")
-        if self.routing.default not in names:
-            raise ValueError(f"routing.default names unknown backend {self.routing.default!r}")
-        for table in ("domains", "users"):
-            for key, target in getattr(self.routing, table).items():
-                if target not in names:
-                    raise ValueError(f"routing.{table}.{key}: unknown backend {target!r}")
-        return self
 
 
-def _describe(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{key}: {msg}")
-    return "; ".join(lines)
+Loc = tuple[str | int, ...]
+
+
+def _issues(err: ValidationError) -> list[tuple[Loc, str]]:
+    return [(tuple(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in err.errors()]
+
+
+def _cross_checks(data: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """What no single table can check: unique backend names, routing entries naming backends.
+    Runs on the raw tables, so these are reported beside any other error."""
+    backends = data.get("backend")
+    routing = data.get("routing")
+    if not isinstance(backends, list) or not isinstance(routing, dict):
+        return []
+    names: list[str] = [b["name"] for b in backends if isinstance(b, dict) and isinstance(b.get("name"), str)]
+    found: list[tuple[Loc, str]] = []
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        found.append((("backend",), f"backend names must be unique: {', '.join(dupes)}"))
+    if not backends or len(names) < len(backends):
+        return found  # a backend without a valid name: its own error says so; rules cannot be checked
+    default = routing.get("default")
+    if isinstance(default, str) and default not in names:
+        found.append((("routing", "default"), f"names unknown backend {default!r}"))
+    for table in ("domains", "users"):
+        rules = routing.get(table)
+        for key, target in rules.items() if isinstance(rules, dict) else ():
+            if isinstance(target, str) and target not in names:
+                found.append((("routing", table, key), f"unknown backend {target!r}"))
+    return found
+
+
+def _file_path(loc: Loc) -> Loc:
+    """`loc` as a path in the file: without the backend type pydantic puts after `backend.N`."""
+    if len(loc) > 2 and loc[0] == "backend" and isinstance(loc[1], int) and loc[2] in BACKENDS:
+        return loc[:2] + loc[3:]
+    return loc
+
+
+def _validate(data: dict[str, Any], source: str = "", text: str | None = None) -> Config:
+    found: list[tuple[Loc, str]] = []
+    config = None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as err:
+        found = _issues(err)
+    if isinstance(data, dict):
+        found += _cross_checks(data)
+    if not found:
+        assert config is not None
+        return config
+    lines = _key_lines(text) if text is not None else {}
+    issues = [Issue(".".join(str(p) for p in loc) or "(top level)", msg, source, line_of(lines, _file_path(loc)))
+              for loc, msg in found]
+    raise ConfigError(sorted(issues, key=lambda i: (i.line is None, i.line or 0)))  # in file order
+
+
+def _key_lines(text: str) -> dict[Loc, int]:
+    try:
+        return key_lines(text)
+    except Exception:  # a position is a help, never a reason to fail: the errors stand without it
+        return {}
 
 
 def parse_config(data: dict[str, Any]) -> Config:
-    try:
-        return Config.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_describe(err)) from None
+    """Validate configuration tables; raise ConfigError naming every bad key."""
+    return _validate(data)
 
 
 def load_config(path: Path) -> Config:
-    """Read and validate a TOML config file; raise ConfigError naming the bad key."""
+    """Read and validate a TOML config file: a Config, or ConfigError naming every bad key
+    with its line."""
+    source = str(path)
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read()
+        text = raw.decode()
+        data = tomllib.loads(text)
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror}") from None
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError([Issue("", str(err), source)]) from None
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 at octet {err.start}") from None
+        raise ConfigError([Issue("", f"not UTF-8 at octet {err.start}", source)]) from None
     except ValueError as err:  # tomllib's int(): more digits than Python converts
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError([Issue("", str(err), source)]) from None
     except RecursionError:
-        raise ConfigError(f"{path}: arrays or tables nested too deeply") from None
-    return parse_config(data)
+        raise ConfigError([Issue("", "arrays or tables nested too deeply", source)]) from None
+    return _validate(data, source, text)

@@ -1,0 +1,89 @@
+"""The effective configuration as TOML, every default filled in and every secret masked.
+
+A secret is a key whose value gives access to something: a password, a client secret, a
+token. Such a key is declared with `Field(json_schema_extra=SECRET)`, and any key whose
+name is or ends in "password", "passphrase", "secret" or "token" (`client_secret`) is
+treated as one too, whatever its model says. Its value is shown as MASK. Paths to key
+files (`tls_key`) are shown: a path is not the key, and this module never reads a file.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from .config import Config
+
+SECRET: dict[str, Any] = {"secret": True}
+MASK = "********"
+_SECRET_WORDS = {"password", "passphrase", "secret", "token"}
+
+
+def is_secret(model: type[BaseModel], name: str) -> bool:
+    extra = model.model_fields[name].json_schema_extra
+    marked = isinstance(extra, dict) and extra.get("secret") is True
+    return marked or name.lower().rpartition("_")[2] in _SECRET_WORDS
+
+
+def masked(model: BaseModel) -> dict[str, Any]:
+    """`model` as JSON-like data, secrets replaced by MASK (nested models and lists of them too)."""
+    out: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if is_secret(type(model), name) and value is not None:
+            out[name] = MASK
+        elif isinstance(value, BaseModel):
+            out[name] = masked(value)
+        elif isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
+            out[name] = [masked(v) for v in value]
+        else:
+            out[name] = model.__pydantic_serializer__.to_python(model, mode="json", include={name})[name]
+    return out
+
+
+def _key(name: str) -> str:
+    return name if name and all(c.isalnum() or c in "_-" for c in name) else json.dumps(name)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    assert isinstance(v, dict)
+    return "{ " + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + " }"
+
+
+def _table(header: str, data: dict[str, Any]) -> list[str]:
+    lines = [header]
+    subtables = []
+    for name, v in data.items():
+        if v is None:
+            lines.append(f"# {_key(name)} is unset")
+        elif isinstance(v, dict) and v:
+            subtables.append((name, v))
+        else:
+            lines.append(f"{_key(name)} = {_value(v)}")
+    for name, v in subtables:
+        inner = header.strip("[]")
+        lines += ["", *_table(f"[{inner}.{_key(name)}]", v)]
+    return lines
+
+
+def effective_toml(config: Config) -> str:
+    """The whole configuration in force, as a TOML document that loads back to the same values."""
+    data = masked(config)
+    lines: list[str] = []
+    for section, value in data.items():
+        if isinstance(value, list):
+            for item in value:
+                lines += [*_table(f"[[{section}]]", item), ""]
+        else:
+            lines += [*_table(f"[{section}]", value), ""]
+    return "\n".join(lines)
