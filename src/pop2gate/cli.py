@@ -33,8 +33,18 @@ def _load(path: Path) -> Config:
 
 
 _log_option = click.option(
-    "--log-level", type=click.Choice(LEVELS), default="info", show_default=True, help="Log detail (to stderr)."
+    "--log-level", type=click.Choice(LEVELS), default=None,
+    help="Log detail; overrides [log] level (default info).",
 )
+
+
+def _setup_logging(config: Config | None, level: str | None) -> None:
+    try:
+        setup_logging(config.log if config is not None else None, level)
+    except OSError as err:
+        click.echo(f"pop2gate: cannot log to syslog at {config.log.syslog_address if config else ''}: {err}",
+                   err=True)
+        sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,12 +57,12 @@ def main() -> None:
 @click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), required=True, help=CONFIG_HELP)
 @click.option("--inetd", is_flag=True, help="Serve one session on stdin/stdout (inetd, xinetd, socat).")
 @_log_option
-def serve(config_path: Path, inetd: bool, log_level: str) -> None:
+def serve(config_path: Path, inetd: bool, log_level: str | None) -> None:
     """Run the POP2 server."""
     from .gateway.listeners import serve_forever, serve_stdio
 
     config = _load(config_path)
-    setup_logging(log_level)
+    _setup_logging(config, log_level)
     from .gateway.privileges import PrivilegeError
 
     try:
@@ -95,7 +105,7 @@ def config_check(config_path: Path) -> None:
     help="Where the demo store lives (default: pop2gate/demo under the XDG data home).",
 )
 @_log_option
-def demo(directory: Path | None, log_level: str) -> None:
+def demo(directory: Path | None, log_level: str | None) -> None:
     """Serve a demo mailbox (user demo, password demo) on 127.0.0.1:1109."""
     from .demo import DEMO_ADDRESS, create_demo, default_dir
     from .gateway.listeners import serve_forever
@@ -103,7 +113,7 @@ def demo(directory: Path | None, log_level: str) -> None:
     directory = directory or default_dir()
     config = create_demo(directory)
     host, port = DEMO_ADDRESS
-    setup_logging(log_level)
+    _setup_logging(None, log_level)
 
     prog = sys.argv[0] if Path(sys.argv[0]).name == "pop2gate" else "pop2gate"
 

@@ -161,6 +161,36 @@ class Limits(_Model):
         return self
 
 
+class LogSettings(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    destination: Literal["stderr", "syslog"] = "stderr"
+    syslog_address: str = "/dev/log"
+    syslog_facility: Literal["mail", "daemon", "auth", "authpriv", "user", "local0", "local1", "local2",
+                             "local3", "local4", "local5", "local6", "local7"] = "mail"
+
+    @field_validator("syslog_address")
+    @classmethod
+    def _check_syslog_address(cls, value: str) -> str:
+        if not value.startswith("/"):
+            _split_listen(value)
+        return value
+
+
+class MetricsSettings(_Model):
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            _split_listen(value)
+        return value
+
+    def address(self) -> tuple[str, int] | None:
+        return _split_listen(self.listen) if self.listen is not None else None
+
+
 if TYPE_CHECKING:
     Backend = BackendConfig  # every entry is one, of the type its `type` names
 else:
@@ -178,6 +208,8 @@ class Routing(_Model):
 class Config(_Model):
     server: ServerSettings = Field(default_factory=ServerSettings)
     limits: Limits = Field(default_factory=Limits)
+    log: LogSettings = Field(default_factory=LogSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     backend: list[Backend] = Field(min_length=1)
     routing: Routing
 

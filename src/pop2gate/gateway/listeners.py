@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..config import Config, ListenKey
+from ..logs import begin_session
 from ..pop2.wire import MAX_LINE, Reason
 from ..routing import Router
 from ..stores import open_stores
@@ -92,6 +93,7 @@ class Gateway:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       tls: ssl.SSLContext | None, proxy: bool) -> None:
         """Its PROXY header and TLS handshake first, where the listener has them; then the session."""
+        begin_session()  # its id is on every line logged for this connection from here on
         peername = writer.get_extra_info("peername") or ("unknown", 0)
         peer = Peer(str(peername[0]), int(peername[1]))
         limits = self.config.limits

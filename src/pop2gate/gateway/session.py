@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable
 from typing import NoReturn, TypeVar
 
-from .. import __version__
+from .. import __version__, logs
 from ..config import Config
 from ..pop2.server import NEED_DATA, ProtocolViolation, ServerProtocol, State
 from ..pop2.wire import MAX_LINE, Ackd, Acks, Command, Fold, Helo, LocalProtocolError, Nack, Quit, Read, Reason, Retr
@@ -63,6 +63,8 @@ class Session:
         self.messages: list[MessageRef] = []
         self.current = 1
         self.acked: set[int] = set()
+        self.backend = ""  # the backend's name once the login is routed
+        self.id = logs.session_id()  # on every log line of this task
         self._task = asyncio.current_task()  # the connection's own task
         self._shed = False
         loop = asyncio.get_running_loop()
@@ -73,6 +75,12 @@ class Session:
     def tag(self) -> str:
         return f"peer={self.peer.host}:{self.peer.port}" + (f" user={self.user!r}" if self.user else "")
 
+    def _event(self, name: str, **fields: object) -> dict[str, object]:
+        """`extra=` for one of this session's event lines (JSON shows the fields as keys)."""
+        who = {"peer": f"{self.peer.host}:{self.peer.port}", "user": self.user or None,
+               "backend": self.backend or None}
+        return logs.event(name, **{k: v for k, v in who.items() if v is not None}, **fields)
+
     def shed(self) -> None:
         """Make room: end this session, which has not logged in, with `- Too many connections`."""
         self._shed = True
@@ -80,7 +88,7 @@ class Session:
             self._task.cancel()
 
     async def run(self) -> None:
-        log.info("connect %s", self.tag)
+        log.info("connect %s", self.tag, extra=self._event("connect"))
         try:
             version = __version__ if self.settings.show_version else None
             await self._write(self.proto.greeting(self.settings.hostname, version))
@@ -88,11 +96,12 @@ class Session:
                 await self._step()
         except _Close as close:
             if close.why:
-                log.info("close %s: %s", self.tag, close.why)
+                log.info("close %s: %s", self.tag, close.why, extra=self._event("close", why=close.why))
             if close.reply:
                 await self._write_quietly(close.reply)
         except (ConnectionError, asyncio.IncompleteReadError) as err:
-            log.info("disconnect %s: %s", self.tag, err.__class__.__name__)
+            why = err.__class__.__name__
+            log.info("disconnect %s: %s", self.tag, why, extra=self._event("disconnect", why=why))
         except asyncio.CancelledError:
             if not self._shed or self._task is None:
                 raise
@@ -117,7 +126,7 @@ class Session:
                 log.exception("mailbox close failed %s", self.tag)
             self.mailbox = None
         await self._lingering_close()
-        log.info("closed %s", self.tag)
+        log.info("closed %s", self.tag, extra=self._event("closed"))
 
     async def _lingering_close(self) -> None:
         """Send FIN, then discard input briefly, so unread client data cannot
@@ -183,6 +192,7 @@ class Session:
 
     async def _step(self) -> None:
         event = await self._next_event()
+        log.debug("command %r %s", event, self.tag)  # a Helo's repr hides its password
         match event:
             case ProtocolViolation(detail=detail, reply=reply):
                 log.warning("protocol error %s: %s", self.tag, detail)
@@ -212,7 +222,7 @@ class Session:
                 if self.mailbox is not None:
                     await self._release()
                 await self._write(self.proto.send_bye())
-                log.info("quit %s", self.tag)
+                log.info("quit %s", self.tag, extra=self._event("quit"))
 
     def _mailbox(self) -> Mailbox:
         assert self.mailbox is not None, "the protocol allows this command only after HELO"
@@ -223,6 +233,7 @@ class Session:
         route = self.router.route(event.user)
         mailbox: Mailbox | None = None
         if route is not None:
+            self.backend = route.store.name
             async with self.admission.login_turn(self.throttle.address_key(self.peer.host)):
                 self.admission.stage(self, Stage.LOGIN)
                 try:
@@ -233,7 +244,8 @@ class Session:
                     log.warning("login failed %s: %s", self.tag, type(err).__name__)
         if mailbox is None:
             delay = self.throttle.failure_delay(self.peer.host, self.user)
-            log.warning("bad login %s delay=%gs", self.tag, delay)
+            log.warning("bad login %s backend=%s delay=%gs", self.tag, self.backend or "(none)", delay,
+                        extra=self._event("login_failed", delay=delay))
             self.admission.stage(self, Stage.DELAY)  # may give way to others meanwhile
             await asyncio.sleep(delay)
             raise _Close(self.proto.send_error(Reason.BAD_LOGIN))
@@ -243,7 +255,7 @@ class Session:
         if not self.admission.log_in(self, (route.store.name, route.user)):
             log.warning("refused %s: max_sessions_per_user=%d reached", self.tag, self.limits.max_sessions_per_user)
             raise _Close(self.proto.send_error(Reason.TOO_MANY_SESSIONS))
-        log.info("login %s backend=%s", self.tag, route.store.name)
+        log.info("login %s backend=%s", self.tag, route.store.name, extra=self._event("login"))
         await self._select("INBOX")
 
     async def _select(self, folder: str) -> None:
@@ -251,7 +263,8 @@ class Session:
         self.folder = folder
         self.current = 1
         self.acked = set()
-        log.info("select %s folder=%r messages=%d", self.tag, folder, len(self.messages))
+        log.info("select %s folder=%r messages=%d", self.tag, folder, len(self.messages),
+                 extra=self._event("select", folder=folder, messages=len(self.messages)))
         await self._write(self.proto.send_count(len(self.messages), folder))
 
     async def _release(self) -> None:
@@ -260,7 +273,8 @@ class Session:
             return
         refs = [self.messages[n - 1] for n in sorted(self.acked)]
         await self._store_call(self._mailbox().release(refs))
-        log.info("deleted %s folder=%r count=%d", self.tag, self.folder, len(refs))
+        log.info("deleted %s folder=%r count=%d", self.tag, self.folder, len(refs),
+                 extra=self._event("deleted", folder=self.folder, count=len(refs)))
         self.acked = set()
 
     async def _answer_length(self) -> None:
@@ -289,7 +303,8 @@ class Session:
             self.proto.end_data()
         except LocalProtocolError as err:
             self._transfer_failed(ref, str(err))
-        log.info("retr %s n=%d octets=%d", self.tag, self.current, expected)
+        log.info("retr %s n=%d octets=%d", self.tag, self.current, expected,
+                 extra=self._event("retr", folder=self.folder, n=self.current, octets=expected))
 
     def _transfer_failed(self, ref: MessageRef, why: str) -> NoReturn:
         """End the session mid-RETR: no reply can follow message data, nothing is deleted."""
