@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import Config, ListenKey
 from ..logs import begin_session
+from ..metrics import Exporter, Metrics
 from ..pop2.wire import MAX_LINE, Reason
 from ..routing import Router
 from ..stores import open_stores
@@ -42,13 +43,16 @@ class Gateway:
         self.throttle = Throttle(config.limits)
         self.admission = Admission(config.limits)
         self.sessions: set[asyncio.Task[None]] = set()
+        self.metrics = Metrics()
+        self.exporter: Exporter | None = None  # `[metrics] listen`, started with the listeners
 
     @property
     def active(self) -> int:
         """Sessions being served now."""
         return len(self.sessions)
 
-    async def _refuse(self, writer: asyncio.StreamWriter, peer: Peer, why: str) -> None:
+    async def _refuse(self, writer: asyncio.StreamWriter, peer: Peer, why: str, reason: str) -> None:
+        self.metrics.refused.labels(reason).inc()
         log.warning("refused peer=%s:%s: %s", peer.host, peer.port, why)
         writer.write(Reason.TOO_MANY.reply().line())
         with contextlib.suppress(Exception):
@@ -59,16 +63,17 @@ class Gateway:
         limits = self.config.limits
         if not self.throttle.admit(peer.host):
             return await self._refuse(
-                writer, peer, f"max_connections_per_address={limits.max_connections_per_address} reached"
-            )
+                writer, peer, f"max_connections_per_address={limits.max_connections_per_address} reached",
+                "max_connections_per_address")
         task = asyncio.current_task()
         assert task is not None  # handle always runs as a task of its own
         try:
-            session = Session(reader, writer, peer, self.config, self.router, self.throttle, self.admission)
+            session = Session(reader, writer, peer, self.config, self.router, self.throttle, self.admission,
+                              self.metrics)
             victims = self.admission.admit(session)
             if victims is None:
                 return await self._refuse(writer, peer, f"max_connections={limits.max_connections} reached "
-                                          "by logged-in sessions")
+                                          "by logged-in sessions", "max_connections")
             for victim in victims:
                 assert isinstance(victim, Session)
                 victim.shed()
@@ -132,6 +137,8 @@ class Gateway:
                 for sock in server.sockets:
                     log.info("listening on %s (%s)", sock.getsockname()[:2], key)
                 servers.append(server)
+        if (address := self.config.metrics.address()) is not None:
+            self.exporter = Exporter(self.metrics, *address)
         return servers
 
     async def aclose(self) -> None:
@@ -142,6 +149,8 @@ class Gateway:
             await asyncio.wait(list(self.sessions), timeout=10)
         for store in self.stores.values():
             await store.aclose()
+        if self.exporter is not None:
+            self.exporter.close()
 
 
 async def serve_forever(config: Config, ready: Callable[[list[asyncio.Server]], None] | None = None) -> None:
