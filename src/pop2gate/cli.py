@@ -99,6 +99,14 @@ def config_check(config_path: Path) -> None:
     click.echo(f"pop2gate: {config_path}: configuration valid", err=True)
 
 
+@config_group.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference (docs/configuration.md): every key, its type, default and meaning."""
+    from .config_doc import reference
+
+    click.echo(reference(), nl=False)
+
+
 @main.command()
 @click.option(
     "--dir", "directory", type=click.Path(path_type=Path), default=None,
