@@ -136,6 +136,18 @@ def wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 15) -> No
     raise AssertionError(f"nothing listens on {port}")
 
 
+def start_serve(mail: MailEnv, extra: str = "", /, *args: str, **popen: Any) -> tuple[subprocess.Popen[str], int]:
+    """`pop2gate serve` as a process on a free port, `extra` TOML appended to the MailEnv's
+    config (stderr piped unless `popen` says otherwise); returns it and its port once it listens."""
+    port = free_port()
+    cfg = mail.write_config(f"127.0.0.1:{port}")
+    cfg.write_text(cfg.read_text() + extra)
+    proc = subprocess.Popen([str(BIN / "pop2gate"), "serve", "-c", str(cfg), *args], text=True,
+                            **{"stderr": subprocess.PIPE, **popen})
+    wait_port(port, proc)
+    return proc, port
+
+
 class Gateways:
     """In-process pop2gate gateways on loopback, stopped together by `aclose`."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BIN, free_port, wait_port
+from helpers import BIN, free_port, start_serve, wait_port
 from pop2gate.pop2.client import Client, ProtocolError
 
 MARKER = "Zq7-MARKER-xK2"
@@ -25,13 +25,7 @@ POP2GATE = str(BIN / "pop2gate")
 
 
 def start(env, log: str, *args: str, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    cfg = env.write_config(f"127.0.0.1:{port}")
-    cfg.write_text(cfg.read_text() + "[log]\n" + log)
-    proc = subprocess.Popen([POP2GATE, "serve", "-c", str(cfg), *args], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(extra_env or {})})
-    wait_port(port, proc)
-    return proc, port
+    return start_serve(env, "[log]\n" + log, *args, env={**os.environ, **(extra_env or {})})
 
 
 def stop(proc: subprocess.Popen) -> str:

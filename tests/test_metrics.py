@@ -7,12 +7,13 @@ import signal
 import socket
 import subprocess
 import time
+import tomllib
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import BIN, PASSWORD, free_port, wait_port
+from helpers import BIN, PASSWORD, free_port, start_serve, wait_port
 from pop2gate.pop2.client import Client, ProtocolError
 
 POP2GATE = str(BIN / "pop2gate")
@@ -42,15 +43,18 @@ def settled(mport: int) -> dict:
 
 
 def serve(env, limits: str = "") -> tuple[subprocess.Popen, int, int]:
-    port, metrics_port = free_port(), free_port()
-    cfg = env.write_config(f"127.0.0.1:{port}")
-    text = cfg.read_text().replace("[limits]\n", "[limits]\n" + limits)
-    cfg.write_text(text + f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
-    proc = subprocess.Popen([POP2GATE, "serve", "-c", str(cfg)], stderr=subprocess.PIPE, text=True)
-    wait_port(port, proc)
+    """`pop2gate serve` with [metrics] on; once no probe session is open."""
+    metrics_port = free_port()
+    env.limits.update(tomllib.loads(limits))
+    proc, port = start_serve(env, f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
     wait_port(metrics_port, proc)
     settled(metrics_port)
     return proc, port, metrics_port
+
+
+def bad_login(port: int) -> None:
+    with Client.connect("127.0.0.1", port, timeout=10) as c, pytest.raises(ProtocolError):
+        c.helo("alice", "wrong")
 
 
 def test_metrics_move_with_a_real_session(env):
@@ -78,8 +82,7 @@ def test_metrics_move_with_a_real_session(env):
             assert value(mid, "pop2gate_retrieved_octets_total", backend="local") == 2 * WIRE
             assert value(mid, "pop2gate_deletions_total", backend="local") == 0
             c.quit()
-        with Client.connect("127.0.0.1", port, timeout=10) as c, pytest.raises(ProtocolError):
-            c.helo("alice", "wrong")
+        bad_login(port)
         after = settled(mport)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -103,8 +106,7 @@ def test_refusals_throttling_and_errors_are_counted(env):
             assert held.makefile("rb").readline().startswith(b"-")
         for _ in range(2):  # the second failure from this address waits twice bad_login_delay: throttled
             settled(mport)  # one connection at a time from this address
-            with Client.connect("127.0.0.1", port, timeout=10) as c, pytest.raises(ProtocolError):
-                c.helo("alice", "wrong")
+            bad_login(port)
         samples = scrape(mport)
     finally:
         proc.send_signal(signal.SIGTERM)
