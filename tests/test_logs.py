@@ -24,8 +24,9 @@ PASSWORD = f"pw {MARKER} end"  # a space inside, as real passwords may have
 POP2GATE = str(BIN / "pop2gate")
 
 
-def start(env, log: str, *args: str, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
-    return start_serve(env, "[log]\n" + log, *args, env={**os.environ, **(extra_env or {})})
+def start(env, log: str, *args: str, extra_env: dict[str, str] | None = None,
+          backends: list[dict] | None = None) -> tuple[subprocess.Popen, int]:
+    return start_serve(env, "[log]\n" + log, *args, backends=backends, env={**os.environ, **(extra_env or {})})
 
 
 def stop(proc: subprocess.Popen) -> str:
@@ -79,6 +80,35 @@ def test_json_lines_events_and_session_ids_never_a_password(env):
     failed = next(r for r in unrouted if r.get("event") == "login_failed")
     assert failed["user"] == "nowhere:carol" and "backend" not in failed
     assert all(r["session"] == good[0]["session"] for r in good)
+
+
+def test_imap_sessions_at_debug_never_a_password(env, dovecot):
+    from dovecot import HOST, USERS
+
+    dovecot.clear("alice")
+    dovecot.append("alice", b"Subject: imap\r\n\r\nbody\r\n")
+    imap = {"name": "dc", "type": "imap", "url": f"imap://{HOST}:{dovecot.port}", "tls": "none"}
+    for fmt in ("json", "text"):
+        proc, port = start(env, f'format = "{fmt}"\nlevel = "debug"\n', backends=[imap])
+        try:
+            with Client.connect("127.0.0.1", port, timeout=30) as c:
+                assert c.helo("alice", USERS["alice"]) == 1
+                c.read()
+                assert c.retr() == b"Subject: imap\r\n\r\nbody\r\n"
+                c.acks()
+                c.quit()
+            with Client.connect("127.0.0.1", port, timeout=30) as c, pytest.raises(ProtocolError):
+                c.helo("alice", PASSWORD)
+        finally:
+            err = stop(proc)
+        assert MARKER not in err and USERS["alice"] not in err
+        assert "backend=dc" in err or '"backend": "dc"' in err
+        assert "login refused for 'alice'" in err  # the IMAP store's own line
+        if fmt == "json":  # ... carries the session id of the session it served
+            records = [json.loads(line) for line in err.splitlines()]
+            refused = next(r for r in records if "login refused" in r["message"])
+            failed = next(r for r in records if r.get("event") == "login_failed")
+            assert refused["logger"] == "pop2gate.imap" and refused["session"] == failed["session"]
 
 
 def test_text_lines_at_debug_never_a_password_and_carry_the_session(env):

@@ -42,11 +42,11 @@ def settled(mport: int) -> dict:
     return samples
 
 
-def serve(env, limits: str = "") -> tuple[subprocess.Popen, int, int]:
+def serve(env, limits: str = "", backends: list[dict] | None = None) -> tuple[subprocess.Popen, int, int]:
     """`pop2gate serve` with [metrics] on; once no probe session is open."""
     metrics_port = free_port()
     env.limits.update(tomllib.loads(limits))
-    proc, port = start_serve(env, f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
+    proc, port = start_serve(env, f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n', backends=backends)
     wait_port(metrics_port, proc)
     settled(metrics_port)
     return proc, port, metrics_port
@@ -93,6 +93,36 @@ def test_metrics_move_with_a_real_session(env):
     assert value(after, "pop2gate_logins_total", result="failed", backend="local") == 1
     assert value(after, "pop2gate_backend_command_seconds_count", backend="local", command="release") == 1
     assert value(after, "pop2gate_errors_total", kind="protocol") == 0  # present, at 0
+
+
+def test_imap_backend_calls_are_timed_and_counted(env, dovecot):
+    from dovecot import HOST, USERS
+
+    dovecot.clear("carol")
+    uid = dovecot.append("carol", b"Subject: imap\r\n\r\nbody\r\n")
+    imap = {"name": "dc", "type": "imap", "url": f"imap://{HOST}:{dovecot.port}", "tls": "none"}
+    proc, port, mport = serve(env, backends=[imap])
+    try:
+        with Client.connect("127.0.0.1", port, timeout=30) as c:
+            assert c.helo("carol", USERS["carol"]) == 1
+            c.read()
+            c.retr()
+            c.ackd()
+            during = scrape(mport)
+            assert value(during, "pop2gate_sessions_active") == 1
+            c.quit()
+        after = settled(mport)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    assert uid not in dovecot.uids("carol")
+    assert value(during, "pop2gate_logins_total", result="ok", backend="dc") == 1
+    assert value(during, "pop2gate_backend_command_seconds_count", backend="dc", command="login") == 1
+    assert value(during, "pop2gate_backend_command_seconds_sum", backend="dc", command="login") > 0
+    assert value(during, "pop2gate_messages_retrieved_total", backend="dc") == 1
+    assert value(during, "pop2gate_deletions_total", backend="dc") == 0
+    assert value(after, "pop2gate_deletions_total", backend="dc") == 1
+    assert value(after, "pop2gate_backend_command_seconds_count", backend="dc", command="release") == 1
 
 
 def test_refusals_throttling_and_errors_are_counted(env):
