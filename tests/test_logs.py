@@ -6,6 +6,7 @@ waiting for each reply.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -191,3 +192,26 @@ def test_log_settings_are_checked(tmp_path, env):
     assert result.returncode == 2
     assert "log.format: Input should be 'text' or 'json'" in result.stderr
     assert "log.syslog_facility:" in result.stderr and "log.syslog_address: 'h' is not HOST:PORT" in result.stderr
+
+
+def _log_formats():
+    """(file, line, format) of every `log.<level>("...")` call in the package."""
+    src = Path(__file__).resolve().parent.parent / "src" / "pop2gate"
+    for path in sorted(src.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "log"
+                    and node.func.attr in ("debug", "info", "warning", "error", "exception")):
+                arg = node.args[0]
+                yield path.name, node.lineno, arg.value if isinstance(arg, ast.Constant) else None
+
+
+def test_every_log_line_is_in_troubleshooting():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "troubleshooting.md").read_text()
+    formats = list(_log_formats())
+    assert len(formats) > 40
+    for name, line, fmt in formats:
+        assert isinstance(fmt, str), f"{name}:{line}: a log format that is not one literal string"
+        pieces = [p.strip(" :=;,()") for p in re.split(r"%[-#0 +]?\d*(?:\.\d+)?[sdrgf]", fmt)]
+        words = max(pieces, key=len)  # the line's longest fixed text: what an operator searches for
+        assert words in doc, f"{name}:{line}: {fmt!r} is not in docs/troubleshooting.md"
