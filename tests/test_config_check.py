@@ -5,11 +5,14 @@ from __future__ import annotations
 import subprocess
 import tomllib
 
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
+from fuzzing import fuzz
 from helpers import BIN
 from pop2gate.config import parse_config
-from pop2gate.config_show import MASK, SECRET, masked
+from pop2gate.config_show import MASK, SECRET, masked, toml_string
 from pop2gate.tomllines import key_lines, line_of
 
 POP2GATE = str(BIN / "pop2gate")
@@ -178,3 +181,40 @@ def test_scanner_finds_keys_across_multiline_values():
     assert line_of(lines, ("server", "listen", 1)) == 3  # an item: its key's line
     assert line_of(lines, ("server", "absent")) == 2  # a missing key: its table's line
     assert line_of(lines, ("nowhere",)) is None
+
+
+_names = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=8)
+_scalars = st.one_of(st.integers(), st.booleans(), st.text(st.characters(blacklist_categories=("Cs",)), max_size=12))
+
+
+def _toml_scalar(v) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else toml_string(v) if isinstance(v, str) else str(v)
+
+
+@fuzz(100)
+@given(st.dictionaries(_names, st.dictionaries(_names, st.tuples(st.lists(_scalars, max_size=3), st.integers(0, 3)),
+                                               max_size=4), max_size=4))
+def test_scanner_finds_every_key_of_any_document(tables):
+    """Tables of keys whose values are scalars, arrays over several lines, or multi-line strings,
+    with comments and blank lines between: the scanner finds each key's line."""
+    lines: list[str] = []
+    expected = {}
+    for table, keys in tables.items():
+        lines += ["", f"[{toml_string(table)}]  # a comment"]
+        expected[(table,)] = len(lines)
+        for key, (items, shape) in keys.items():
+            expected[(table, key)] = len(lines) + 1
+            if shape == 0:
+                lines.append(f"{toml_string(key)} = {_toml_scalar(items[0]) if items else 0}")
+            elif shape == 1:
+                lines += [f"{toml_string(key)} = [  # items follow",
+                          *(f"  {_toml_scalar(i)},  # ]" for i in items), "]"]
+            elif shape == 2:
+                lines += [f"{toml_string(key)} = \"\"\"", "[not.a.table]", "x = 1 \\\\", "\"\"\""]
+            else:
+                lines += [f"{toml_string(key)} = '''", "[[nor.this]]", "'''", "# between keys"]
+    text = "\n".join(lines) + "\n"
+    assert tomllib.loads(text).keys() == tables.keys()  # the document is what it should be
+    found = key_lines(text)
+    for path, line in expected.items():
+        assert found[path] == line, (path, text)

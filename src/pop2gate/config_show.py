@@ -9,7 +9,6 @@ files (`tls_key`) are shown: a path is not the key, and this module never reads 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import BaseModel
@@ -43,21 +42,35 @@ def masked(model: BaseModel) -> dict[str, Any]:
     return out
 
 
+def toml_string(text: str) -> str:
+    """`text` as a TOML basic string: quotes, backslashes and control characters escaped."""
+    out = []
+    for c in text:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
 def _key(name: str) -> str:
-    return name if name and all(c.isalnum() or c in "_-" for c in name) else json.dumps(name)
+    return name if name and all(c.isascii() and (c.isalnum() or c in "_-") for c in name) else toml_string(name)
 
 
-def _value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """A TOML value: scalars, arrays, inline tables."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)  # a JSON string is a TOML basic string
+        return toml_string(v)
     if isinstance(v, list):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     assert isinstance(v, dict)
-    return "{ " + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + " }"
+    return "{ " + ", ".join(f"{_key(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
 
 
 def _table(header: str, data: dict[str, Any]) -> list[str]:
@@ -69,7 +82,7 @@ def _table(header: str, data: dict[str, Any]) -> list[str]:
         elif isinstance(v, dict) and v:
             subtables.append((name, v))
         else:
-            lines.append(f"{_key(name)} = {_value(v)}")
+            lines.append(f"{_key(name)} = {toml_value(v)}")
     for name, v in subtables:
         inner = header.strip("[]")
         lines += ["", *_table(f"[{inner}.{_key(name)}]", v)]

@@ -50,7 +50,7 @@ class Session:
         router: Router,
         throttle: Throttle,
         admission: Admission,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -60,7 +60,7 @@ class Session:
         self.router = router
         self.throttle = throttle
         self.admission = admission
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics
         self.proto = ServerProtocol()
         self.mailbox: Mailbox | None = None
         self.user = ""
