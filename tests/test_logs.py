@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers import BIN, free_port, start_serve, wait_port
+from helpers import PASSWORD as ALICE_PASSWORD
 from pop2gate.pop2.client import Client, ProtocolError
 
 MARKER = "Zq7-MARKER-xK2"
@@ -182,6 +183,32 @@ def test_syslog_lines_over_a_unix_socket(env, tmp_path: Path):
     # <PRI> = local3 (19) * 8 + info (6); the program's tag; no timestamp of our own
     assert login and re.match(rf"<158>pop2gate\[{proc.pid}\]: INFO pop2gate\.session: session=[0-9a-f]{{12}} login ",
                               login[0]), login
+
+
+def test_inetd_with_stderr_on_the_socket_logs_to_syslog(env, tmp_path: Path):
+    """inetd and xinetd give the server the client's socket as stdin, stdout and stderr: no log
+    line may reach the client; they go to syslog."""
+    env.deliver("alice", b"x\n")
+    path = tmp_path / "log.sock"
+    cfg = env.write_config()
+    cfg.write_text(cfg.read_text() + f'[log]\nsyslog_address = "{path}"\n')
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sink:
+        sink.bind(str(path))
+        sink.settimeout(10)
+        ours, theirs = socket.socketpair()
+        with ours:
+            proc = subprocess.Popen([POP2GATE, "serve", "--inetd", "-c", str(cfg)],
+                                    stdin=theirs, stdout=theirs, stderr=theirs)
+            theirs.close()
+            ours.settimeout(20)
+            ours.sendall(f"HELO alice {ALICE_PASSWORD}\r\nQUIT\r\n".encode())
+            data = b""
+            while chunk := ours.recv(4096):
+                data += chunk
+            proc.wait(10)
+        assert data == b"+ POP2 test.invalid pop2gate server ready\r\n#1 message in INBOX\r\n+ OK\r\n"
+        got = [sink.recv(65536).decode() for _ in range(3)]
+    assert any(" login peer=" in g for g in got) and not any(ALICE_PASSWORD in g for g in got)
 
 
 def test_log_settings_are_checked(tmp_path, env):

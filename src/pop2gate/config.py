@@ -310,7 +310,9 @@ class LogSettings(_Model):
     destination: Literal["stderr", "syslog"] = Field(
         "stderr", description="Standard error, or syslog. On standard error under systemd (it is the journal's "
                               "stream: `JOURNAL_STREAM`), text lines carry no time of their own: the journal adds "
-                              "it. Syslog lines carry none either.")
+                              "it. Syslog lines carry none either. Where standard error is the client's socket (inetd, "
+                              "xinetd, systemd `Accept=yes`), lines go to syslog at `syslog_address` instead, or "
+                              "nowhere if it cannot be reached: never into the POP2 stream.")
     syslog_address: str = Field(
         "/dev/log", description="With `destination = \"syslog\"`: a socket path, or `HOST:PORT` (UDP).")
     syslog_facility: Literal["mail", "daemon", "auth", "authpriv", "user", "local0", "local1", "local2",

@@ -14,6 +14,7 @@ import logging
 import logging.handlers
 import os
 import secrets
+import stat
 import sys
 import time
 from contextvars import ContextVar
@@ -99,6 +100,16 @@ def under_journald() -> bool:
     return expected == f"{st.st_dev}:{st.st_ino}"
 
 
+def stderr_is_the_client() -> bool:
+    """Whether stderr is the socket stdin is, as inetd, xinetd and systemd's Accept=yes leave it:
+    a log line written there would go to the client, inside the POP2 stream."""
+    try:
+        err, inp = os.fstat(2), os.fstat(0)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(err.st_mode) and (err.st_dev, err.st_ino) == (inp.st_dev, inp.st_ino)
+
+
 def _syslog_handler(settings: LogSettings) -> logging.Handler:
     address: str | tuple[str, int] = settings.syslog_address
     if not settings.syslog_address.startswith("/"):
@@ -113,10 +124,17 @@ def _syslog_handler(settings: LogSettings) -> logging.Handler:
 def setup_logging(settings: LogSettings | None = None, level: str | None = None) -> None:
     """Send pop2gate's log lines where `settings` ([log]) says; `level` (--log-level) overrides its level.
 
-    Raises OSError when syslog cannot be reached."""
+    Where stderr is the client's socket (inetd), lines go to syslog instead, or nowhere if it
+    cannot be reached. Raises OSError when `destination = "syslog"` cannot be reached."""
     settings = settings or LogSettings()
-    if settings.destination == "syslog":
-        handler = _syslog_handler(settings)
+    handler: logging.Handler
+    if settings.destination == "syslog" or stderr_is_the_client():
+        try:
+            handler = _syslog_handler(settings)
+        except OSError:
+            if settings.destination == "syslog":
+                raise
+            handler = logging.NullHandler()  # stderr is the client's: no log beats a broken session
         timestamps = False  # syslog stamps each line itself
     else:
         handler = logging.StreamHandler(sys.stderr)
