@@ -336,8 +336,8 @@ class MetricsSettings(_Model):
     `release`), `pop2gate_errors_total{kind="protocol|timeout|send_timeout|backend|retr|internal"}`,
     `pop2gate_connections_refused_total{reason="max_connections|max_connections_per_address|max_sessions_per_user|shed"}`
     and `pop2gate_logins_throttled_total` (failed logins whose delay was raised above
-    `bad_login_delay` by repeated failures). Values are per process: with several instances,
-    scrape each.
+    `bad_login_delay` by repeated failures). No label holds a user name or a client address.
+    Values are per process: with several instances, scrape each.
     """
 
     listen: str | None = Field(
