@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from fuzzing import fuzz
 from helpers import BIN
 from pop2gate.config import parse_config
-from pop2gate.config_show import MASK, SECRET, masked, toml_string
+from pop2gate.config_show import MASK, SECRET, Unset, masked, toml_string
 from pop2gate.tomllines import key_lines, line_of
 
 POP2GATE = str(BIN / "pop2gate")
@@ -112,6 +112,8 @@ def test_check_prints_the_effective_config_which_loads_back(env, tmp_path):
     assert shown["limits"]["bad_login_delay"] == 0.05  # a value the file does set
     assert shown["backend"][0]["selectable"] is False
     assert shown["server"]["listen"] == ["127.0.0.1:1109"]
+    assert "\n# tls_cert is unset\n" in result.stdout
+    assert "\n# group is unset: the user's primary group\n" in result.stdout
     assert parse_config(shown) == parse_config(tomllib.loads(cfg.read_text()))
     again = tmp_path / "again.toml"
     again.write_text(result.stdout)
@@ -134,7 +136,7 @@ class _WithSecrets(BaseModel):
 
 def test_secrets_are_masked_by_mark_and_by_name():
     shown = masked(_WithSecrets())
-    assert shown == {"api_key": MASK, "password": MASK, "password_hash_workers": 2, "unset_token": None,
+    assert shown == {"api_key": MASK, "password": MASK, "password_hash_workers": 2, "unset_token": Unset(),
                      "inner": [{"client_secret": MASK, "client_id": "shown-id"}]}
 
 

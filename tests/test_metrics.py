@@ -150,4 +150,4 @@ def test_refusals_throttling_and_errors_are_counted(env):
 def test_metrics_are_off_by_default(env):
     result = subprocess.run([POP2GATE, "config", "check", "-c", str(env.write_config())], capture_output=True,
                             text=True, timeout=30)
-    assert result.returncode == 0 and "[metrics]\n# listen is unset\n" in result.stdout
+    assert result.returncode == 0 and "[metrics]\n# listen is unset: off\n" in result.stdout

@@ -341,7 +341,7 @@ class MetricsSettings(_Model):
     """
 
     listen: str | None = Field(
-        None, json_schema_extra=doc_default("unset: off"),
+        None, json_schema_extra=doc_default("off"),
         description="`HOST:PORT` where Prometheus text is served at `/metrics` (e.g. `\"127.0.0.1:9109\"`). "
                     "Bound before the server drops root. Not served in `--inetd` mode (one process per "
                     "connection).")

@@ -9,6 +9,7 @@ files (`tls_key`) are shown: a path is not the key, and this module never reads 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -26,12 +27,24 @@ def is_secret(model: type[BaseModel], name: str) -> bool:
     return marked or name.lower().rpartition("_")[2] in _SECRET_WORDS
 
 
+@dataclass(frozen=True)
+class Unset:
+    """A key left unset; `means` says what that means, where its model says (`doc_default`)."""
+
+    means: str = ""
+
+
 def masked(model: BaseModel) -> dict[str, Any]:
-    """`model` as JSON-like data, secrets replaced by MASK (nested models and lists of them too)."""
+    """`model` as JSON-like data, secrets replaced by MASK (nested models and lists of them too),
+    unset keys by Unset."""
     out: dict[str, Any] = {}
-    for name in type(model).model_fields:
+    for name, field in type(model).model_fields.items():
         value = getattr(model, name)
-        if is_secret(type(model), name) and value is not None:
+        if value is None:
+            extra = field.json_schema_extra
+            means = extra.get("doc_default") if isinstance(extra, dict) else None
+            out[name] = Unset(means if isinstance(means, str) else "")
+        elif is_secret(type(model), name):
             out[name] = MASK
         elif isinstance(value, BaseModel):
             out[name] = masked(value)
@@ -77,8 +90,8 @@ def _table(header: str, data: dict[str, Any]) -> list[str]:
     lines = [header]
     subtables = []
     for name, v in data.items():
-        if v is None:
-            lines.append(f"# {_key(name)} is unset")
+        if isinstance(v, Unset):
+            lines.append(f"# {_key(name)} is unset" + (f": {v.means}" if v.means else ""))
         elif isinstance(v, dict) and v:
             subtables.append((name, v))
         else:
