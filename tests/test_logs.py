@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BIN, free_port, start_serve, wait_port
+from helpers import BIN, free_port, log_with, start_serve, stop_process, wait_port
 from helpers import PASSWORD as ALICE_PASSWORD
 from pop2gate.pop2.client import Client, ProtocolError
 
@@ -248,3 +248,30 @@ def test_every_log_line_is_in_troubleshooting():
         pieces = [p.strip(" :=;,()") for p in re.split(r"%[-#0 +]?\d*(?:\.\d+)?[sdrgf]", fmt)]
         words = max(pieces, key=len)  # the line's longest fixed text: what an operator searches for
         assert words in doc, f"{name}:{line}: {fmt!r} is not in docs/troubleshooting.md"
+
+
+def test_a_reload_puts_new_log_settings_in_force(env, tmp_path: Path):
+    """SIGHUP: text lines become JSON ones and the level changes; --log-level still wins over it."""
+    log = tmp_path / "serve.log"
+    port = free_port()
+    cfg = env.write_config(f"127.0.0.1:{port}")
+    base = cfg.read_text()
+    cfg.write_text(base + '[log]\nlevel = "info"\n')
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([POP2GATE, "serve", "-c", str(cfg)], stderr=err)
+    try:
+        wait_port(port, proc)
+        cfg.write_text(base + '[log]\nformat = "json"\nlevel = "debug"\n')
+        proc.send_signal(signal.SIGHUP)
+        assert "reload: done" in log_with(log, "reload: done")
+        with Client.connect("127.0.0.1", port, timeout=10) as c:
+            c.helo("alice", ALICE_PASSWORD)
+            c.quit()
+        text = log_with(log, '"event": "closed"')
+    finally:
+        assert stop_process(proc) == 0
+    before, _, after = text.partition("reload: done")
+    assert " INFO pop2gate.server: reload: reading the configuration" in before
+    records = [json.loads(line) for line in after.splitlines()[1:]]  # JSON from the next line on
+    assert any(r.get("event") == "login" for r in records)
+    assert any(r["level"] == "debug" and r["message"].startswith("command Helo") for r in records)

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import BIN, PASSWORD, free_port, start_serve, wait_port
+from helpers import BIN, PASSWORD, free_port, start_serve, stop_process, wait_port
 from pop2gate.pop2.client import Client, ProtocolError
 
 POP2GATE = str(BIN / "pop2gate")
@@ -151,3 +151,27 @@ def test_metrics_are_off_by_default(env):
     result = subprocess.run([POP2GATE, "config", "check", "-c", str(env.write_config())], capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 0 and "[metrics]\n# listen is unset: off\n" in result.stdout
+
+
+def test_metrics_are_served_under_socket_activation(env, tmp_path):
+    """Started by a systemd socket unit (the sockets handed over), [metrics] listen is still served."""
+    from test_activation import _listening, _start
+
+    metrics_port = free_port()
+    cfg = env.write_config(f"127.0.0.1:{free_port()}")
+    cfg.write_text(cfg.read_text() + f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
+    plain, spare = _listening(), _listening()
+    proc = _start([str(BIN / "pop2gate"), "serve", "-c", str(cfg)], plain, spare, {"LISTEN_FDS": "2"},
+                  tmp_path / "serve.log")
+    port = plain.getsockname()[1]
+    plain.close()
+    spare.close()
+    try:
+        wait_port(metrics_port, proc)
+        settled(metrics_port)
+        with Client.connect("127.0.0.1", port, timeout=10) as c:
+            assert c.helo("alice", PASSWORD) == 0
+            assert value(scrape(metrics_port), "pop2gate_logins_total", result="ok", backend="local") == 1
+            c.quit()
+    finally:
+        assert stop_process(proc) == 0

@@ -17,6 +17,7 @@ import secrets
 import stat
 import sys
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -121,12 +122,10 @@ def _syslog_handler(settings: LogSettings) -> logging.Handler:
     return handler
 
 
-def setup_logging(settings: LogSettings | None = None, level: str | None = None) -> None:
-    """Send pop2gate's log lines where `settings` ([log]) says; `level` (--log-level) overrides its level.
-
-    Where stderr is the client's socket (inetd), lines go to syslog instead, or nowhere if it
-    cannot be reached. Raises OSError when `destination = "syslog"` cannot be reached."""
-    settings = settings or LogSettings()
+def _handler(settings: LogSettings) -> logging.Handler:
+    """The handler `settings` asks for; where stderr is the client's socket (inetd), syslog
+    instead, or nowhere if it cannot be reached. Raises OSError when `destination = "syslog"`
+    cannot be reached."""
     handler: logging.Handler
     if settings.destination == "syslog" or stderr_is_the_client():
         try:
@@ -141,7 +140,35 @@ def setup_logging(settings: LogSettings | None = None, level: str | None = None)
         timestamps = not under_journald()  # journald stamps each line itself
     handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter(timestamps))
     handler.addFilter(_AddSession())
+    return handler
+
+
+def _install(handler: logging.Handler, level: str) -> None:
     root = logging.getLogger("pop2gate")
+    old = root.handlers[:]
     root.handlers[:] = [handler]
-    root.setLevel((level or settings.level).upper())
+    root.setLevel(level.upper())
     root.propagate = False
+    for h in old:
+        h.close()
+
+
+_override: list[str | None] = []  # [the --log-level], once setup_logging has run
+
+
+def setup_logging(settings: LogSettings | None = None, level: str | None = None) -> None:
+    """Send pop2gate's log lines where `settings` ([log]) says; `level` (--log-level) overrides its
+    level, now and at every reload. Raises OSError when `destination = "syslog"` cannot be reached."""
+    settings = settings or LogSettings()
+    _install(_handler(settings), level or settings.level)
+    _override[:] = [level]
+
+
+def prepare_reload(settings: LogSettings) -> Callable[[], None] | None:
+    """What puts `settings` in force at a reload, made ready now (raises OSError as setup_logging
+    does, changing nothing); None where setup_logging never ran (a gateway inside a test)."""
+    if not _override:
+        return None
+    handler = _handler(settings)
+    level = _override[0] or settings.level
+    return lambda: _install(handler, level)
