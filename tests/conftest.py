@@ -58,18 +58,52 @@ async def server(make_server) -> Running:
     return await make_server()
 
 
-# --- IMAP backend: a private Dovecot (tests/dovecot.py) ---------------------
+@dataclass
+class Served:
+    port: int
+    log: Path  # the server's stderr (its log lines)
+    proc: object
 
-@pytest.fixture(scope="session")
-def dovecot():
-    """A running private Dovecot; a test that needs it fails (never skips) without it."""
-    from dovecot import Dovecot
 
-    server = Dovecot().start()
+@pytest.fixture
+def served(env: MailEnv, tmp_path: Path):
+    """`pop2gate serve -c FILE` as a subprocess on a free loopback port, its log in a file."""
+    import signal
+    import subprocess
+
+    from helpers import BIN, free_port, wait_port
+
+    port = free_port()
+    cfg = env.write_config(f"127.0.0.1:{port}")
+    log = tmp_path / "serve.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([str(BIN / "pop2gate"), "serve", "-c", str(cfg)], stderr=err, text=True)
+    try:
+        wait_port(port, proc)
+        yield Served(port, log, proc)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+# --- IMAP backends: private Dovecot, Cyrus and Courier servers ----------------
+
+def _running(server):
+    """Start `server`, yield it, stop it; a test that needs it fails (never skips) when it cannot start."""
+    server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def dovecot():
+    """A running private Dovecot (tests/dovecot.py)."""
+    from dovecot import Dovecot
+
+    yield from _running(Dovecot())
 
 
 # --- Cyrus (both layouts) and Courier, and all four layouts behind one interface -------------
@@ -79,11 +113,7 @@ def cyrus_unix():
     """A private Cyrus, '/' separator with altnamespace (tests/cyrus.py)."""
     from cyrus import Cyrus
 
-    server = Cyrus(layout="unix").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(Cyrus(layout="unix"))
 
 
 @pytest.fixture(scope="session")
@@ -91,11 +121,7 @@ def cyrus_debian():
     """A private Cyrus in Debian's default layout: '.' separator, folders under INBOX."""
     from cyrus import Cyrus
 
-    server = Cyrus(layout="debian").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(Cyrus(layout="debian"))
 
 
 @pytest.fixture(scope="session")
@@ -103,11 +129,7 @@ def courier():
     """A private Courier-IMAP (tests/courier.py)."""
     from courier import Courier
 
-    server = Courier().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(Courier())
 
 
 @pytest.fixture(scope="session", params=["dovecot", "cyrus-unix", "cyrus-debian", "courier"])

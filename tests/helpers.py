@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -67,7 +69,8 @@ class MailEnv:
         path = self.folder(user, folder)
         return sorted(n.split(":")[0] for sub in ("new", "cur") for n in os.listdir(path / sub))
 
-    def config_dict(self, listen: str = "127.0.0.1:0") -> dict[str, Any]:
+    def config_dict(self, listen: str = "127.0.0.1:0", backends: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The config: this Maildir backend, or `backends` instead (the first one the default)."""
         limits = {"bad_login_delay": 0.05, **self.limits}
         # Served as the files' owner: `pop2gate serve` as root would become nobody. None drops a key.
         server = {"hostname": "test.invalid", "listen": [listen], "user": pwd.getpwuid(os.geteuid()).pw_name,
@@ -75,16 +78,16 @@ class MailEnv:
         return {
             "server": {k: v for k, v in server.items() if v is not None},
             "limits": limits,
-            "backend": [
+            "backend": backends or [
                 {"name": "local", "type": "maildir", "path": str(self.mail), "users_file": str(self.users_file)}
             ],
-            "routing": {"default": "local"},
+            "routing": {"default": backends[0]["name"] if backends else "local"},
         }
 
     def config(self) -> Config:
         return parse_config(self.config_dict())
 
-    def write_config(self, listen: str = "127.0.0.1:0") -> Path:
+    def write_config(self, listen: str = "127.0.0.1:0", backends: list[dict[str, Any]] | None = None) -> Path:
         def toml_value(v: object) -> str:
             if isinstance(v, str):
                 return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -94,7 +97,7 @@ class MailEnv:
                 return "[" + ", ".join(toml_value(x) for x in v) + "]"
             return str(v)
 
-        data = self.config_dict(listen)
+        data = self.config_dict(listen, backends)
         lines = []
         for table in ("server", "limits", "routing"):
             lines.append(f"[{table}]")
@@ -105,6 +108,26 @@ class MailEnv:
         path = self.root / "pop2gate.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
+
+
+async def until_idle(gateway: Any, within: float = 10) -> None:
+    """Wait until every session of an in-process Gateway has ended (and logged out of its backend)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    # The gateway has no event for "no sessions left"; its count is all a test can watch.
+    while gateway.active and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    assert gateway.active == 0
+
+
+async def pop2_client(host: str, port: int, source: str | None = None) -> Any:
+    """A POP2 client (`AsyncClient`) connected to host:port; `source` picks a loopback source
+    address (IMAP servers delay failed logins per address)."""
+    from pop2gate.pop2.client import AsyncClient
+
+    local = (source, 0) if source else None
+    reader, writer = await asyncio.open_connection(host, port, local_addr=local)
+    return await AsyncClient.from_streams(reader, writer, timeout=30)
 
 
 async def read_line(reader: asyncio.StreamReader, timeout: float = 10) -> bytes:
@@ -134,6 +157,46 @@ def wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 15) -> No
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"nothing listens on {port}")
+
+
+def start_serve(mail: MailEnv, extra: str = "", /, *args: str, backends: list[dict[str, Any]] | None = None,
+                **popen: Any) -> tuple[subprocess.Popen[str], int]:
+    """`pop2gate serve` as a process on a free port, `extra` TOML appended to the MailEnv's
+    config (stderr piped unless `popen` says otherwise); returns it and its port once it listens."""
+    port = free_port()
+    cfg = mail.write_config(f"127.0.0.1:{port}", backends)
+    cfg.write_text(cfg.read_text() + extra)
+    proc = subprocess.Popen([str(BIN / "pop2gate"), "serve", "-c", str(cfg), *args], text=True,
+                            **{"stderr": subprocess.PIPE, **popen})
+    wait_port(port, proc)
+    return proc, port
+
+
+def need_program(name: str) -> str:
+    """The path of a system program the test needs; fails (never skips) when it is missing."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    assert path, f"{name} is not installed: run scripts/install-test-deps.sh"
+    return path
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> int:
+    """Send `sig`, wait for the exit (SIGKILL after 10 s); returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return int(proc.returncode)
+
+
+def log_with(path: Path, text: str, timeout: float = 15, count: int = 1) -> str:
+    """The log file once `text` is in it `count` times (the process writing it may still be busy)."""
+    deadline = time.monotonic() + timeout
+    while (log := path.read_text()).count(text) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return log
 
 
 class Gateways:
@@ -311,3 +374,81 @@ def replies(answers: list[bytes], greeting: bytes | None = None, drain: bool = F
             conn.drain()
 
     return script
+
+
+class Relay:
+    """A TCP relay on loopback to `upstream`, for cutting a session at a chosen point.
+
+    Bytes from the server are passed on until `hold_at` (a marker) shows up; then the relay
+    passes everything before the marker, sets `held` and waits: `release()` passes the rest
+    on, `cut()` closes both sides at once.
+    """
+
+    def __init__(self, upstream: tuple[str, int], hold_at: bytes | None = None):
+        self.upstream = upstream
+        self.hold_at = hold_at
+        self.held = threading.Event()
+        self._go = threading.Event()
+        self._cut = False
+        self._socks: list[socket.socket] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        try:
+            client, _ = self.sock.accept()
+        except OSError:
+            return
+        server = socket.create_connection(self.upstream, timeout=30)
+        self._socks += [client, server]
+        for args in ((client, server, None), (server, client, self.hold_at)):
+            t = threading.Thread(target=self._pump, args=args, daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, marker: bytes | None) -> None:
+        seen = b""
+        try:
+            while data := src.recv(65536):
+                if marker is not None and marker in seen[-len(marker):] + data:
+                    at = (seen[-len(marker):] + data).index(marker) - len(seen[-len(marker):])
+                    if at > 0:
+                        dst.sendall(data[:at])
+                    data, marker = data[max(at, 0):], None
+                    self.held.set()
+                    self._go.wait(30)
+                    if self._cut:
+                        return
+                seen = (seen + data)[-4096:]
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            if self._cut:
+                self.close()
+
+    def release(self) -> None:
+        self._go.set()
+
+    def cut(self) -> None:
+        self._cut = True
+        self.close()
+        self._go.set()
+
+    def close(self) -> None:
+        for s in [self.sock, *self._socks]:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def __enter__(self) -> Relay:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._go.set()
+        self.close()
