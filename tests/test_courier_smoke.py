@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import imaplib
 import socket
+import ssl
 import subprocess
 
 import pytest
 
 from courier import HOST, USERS, Courier
-
-
-@pytest.fixture(scope="session")
-def courier():
-    """A running private Courier; a test that needs it fails (never skips) without it."""
-    server = Courier().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_login_with_each_user_and_refuse_a_wrong_password(courier):
@@ -30,6 +21,19 @@ def test_login_with_each_user_and_refuse_a_wrong_password(courier):
     with pytest.raises(imaplib.IMAP4.error):
         c.login("alice", "not-" + USERS["alice"])
     c.shutdown()
+
+
+def test_auth_plain_is_offered_only_after_starttls(courier):
+    """As Debian sets Courier up (docs/imap.md): STARTTLS with the test CA's certificate, then AUTH=PLAIN."""
+    c = imaplib.IMAP4(HOST, courier.port, timeout=10)
+    try:
+        assert "STARTTLS" in c.capabilities and "AUTH=PLAIN" not in c.capabilities
+        c.starttls(ssl.create_default_context(cafile=str(courier.ca_file)))
+        assert "AUTH=PLAIN" in c.capabilities
+        c.authenticate("PLAIN", lambda _: f"\0alice\0{USERS['alice']}".encode())
+        assert c.select("INBOX")[0] == "OK"
+    finally:
+        c.logout()
 
 
 def test_append_then_uid_fetch_gives_the_bytes_back(courier):
@@ -47,15 +51,15 @@ def test_folders_live_under_the_inbox_dot_namespace(courier):
     try:
         typ, dat = c.namespace()
         assert typ == "OK" and dat[0].startswith(b'(("INBOX." "."))'), dat
-        assert c.create("INBOX.Archive")[0] == "OK"
+        assert c.create("INBOX.Smoke")[0] == "OK"
         typ, dat = c.list()
         assert typ == "OK"
-        assert any(line.endswith(b'"." "INBOX.Archive"') for line in dat), dat
-        assert c.create("Archive2")[0] == "NO"  # outside the only personal namespace
+        assert any(line.endswith(b'"." "INBOX.Smoke"') for line in dat), dat
+        assert c.create("Smoke2")[0] == "NO"  # outside the only personal namespace
     finally:
         c.logout()
-    uid = courier.append("alice", b"Subject: filed\r\n\r\nx\r\n", folder="INBOX.Archive")
-    assert courier.bodies("alice", "INBOX.Archive") == {uid: b"Subject: filed\r\n\r\nx\r\n"}
+    uid = courier.append("alice", b"Subject: filed\r\n\r\nx\r\n", folder="INBOX.Smoke")
+    assert courier.bodies("alice", "INBOX.Smoke") == {uid: b"Subject: filed\r\n\r\nx\r\n"}
 
 
 def test_stop_ends_every_process_of_the_instance():

@@ -45,9 +45,12 @@ def split_master(login: str) -> tuple[str, str] | None:
     return (user, admin) if sep else ("", user)
 
 
-def imap_name(folder: str, delimiter: str | None) -> str | None:
-    """The IMAP name of a POP2 folder name on a server with `delimiter` (None: flat),
-    None when it names no folder there."""
+def imap_name(folder: str, delimiter: str | None, prefix: str = "") -> str | None:
+    """The IMAP name of a POP2 folder name on a server with `delimiter` (None: flat) whose
+    personal namespace has `prefix` ("INBOX." on Courier), None when it names no folder there.
+
+    POP2 names are the user's own (`Archive/2024`): the prefix is added, unless the name
+    already carries it (`INBOX/Archive`). INBOX is INBOX in every layout."""
     if is_inbox(folder):
         return "INBOX"
     levels = folder.split(FOLDER_SEPARATOR)
@@ -55,7 +58,10 @@ def imap_name(folder: str, delimiter: str | None) -> str | None:
         return None
     if delimiter and any(delimiter in level for level in levels):
         return None  # a level holding the server's separator would name another folder
-    return encode_mutf7((delimiter or FOLDER_SEPARATOR).join(levels))
+    if is_inbox(levels[0]):
+        levels[0] = "INBOX"
+    name = encode_mutf7((delimiter or FOLDER_SEPARATOR).join(levels))
+    return name if name.startswith(prefix) else prefix + name
 
 
 # Servers whose SASL PLAIN login with an authorization identity opens that identity's mailbox
@@ -138,8 +144,7 @@ class ImapMailbox:
         self.folder: str | None = None
         self.sizes: dict[int, int] = {}  # UID -> RFC822.SIZE, fixed at select
         self.ended: dict[int, int] = {}  # UID -> octets with the last line ended (0: gone)
-        self._delimiter: str | None = None
-        self._delimiter_known = False
+        self._layout: tuple[str, str | None] | None = None  # (prefix, delimiter), asked once
 
     async def _call(self, what: str, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         try:
@@ -150,10 +155,12 @@ class ImapMailbox:
 
     async def _imap_name(self, folder: str) -> str | None:
         """The IMAP name of a POP2 folder name, None when it cannot exist."""
-        if not is_inbox(folder) and not self._delimiter_known:
-            self._delimiter = await self._call("LIST", self.conn.delimiter)
-            self._delimiter_known = True
-        return imap_name(folder, self._delimiter)
+        if is_inbox(folder):
+            return "INBOX"
+        if self._layout is None:
+            self._layout = await self._call("NAMESPACE", self.conn.layout)
+        prefix, delimiter = self._layout
+        return imap_name(folder, delimiter, prefix)
 
     async def select(self, folder: str) -> list[MessageRef]:
         self.folder, self.sizes, self.ended = None, {}, {}
@@ -177,8 +184,9 @@ class ImapMailbox:
 
         0 for a message another client removed: the EXPUNGE responses the server sends with
         any command are noted, announcing a message again (`recheck`: READ, NACK) asks with a
-        NOOP first (its count would otherwise be the old one), and a size whose last octets do not come
-        back in full is not confirmed, so never announced."""
+        NOOP first (its count would otherwise be the old one), and a size is confirmed only
+        when the server gives it again with the last octets in full (Courier's placeholder
+        for a removed message has another size), else never announced."""
         if recheck and uid in self.ended:
             await self._call("NOOP", self.conn.noop)
         if uid in self.conn.gone:
@@ -189,7 +197,7 @@ class ImapMailbox:
                 self.ended[uid] = 0
             else:
                 want = min(size, 2)
-                tail = await self._call("UID FETCH", self.conn.fetch_body, uid, size - want, want)
+                tail = await self._call("UID FETCH", self.conn.fetch_tail, uid, size)
                 if tail is not None and len(tail) != want:
                     log.warning("backend %s: user %r: UID %d: RFC822.SIZE %d not confirmed by its last "
                                 "octets; read as no message", self.store.name, self.user, uid, size)
