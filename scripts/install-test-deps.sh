@@ -1,9 +1,9 @@
 #!/bin/sh
 # Installs the system packages the test suite needs (Debian): Dovecot for the
-# real IMAP backend, Cyrus and Courier unpacked beside it (they conflict with it),
-# openssl for the test CAs, Debian's python3 with venv for the privilege-drop tests,
-# socat, xinetd and haproxy for the inetd and scale-out tests, systemd-analyze for
-# contrib/. With "venv": only python3-venv.
+# real IMAP backend (and its POP3 server, for the benchmark), Cyrus and Courier
+# unpacked beside it (they conflict with it), openssl for the test CAs, Debian's
+# python3 with venv for the privilege-drop tests, socat, xinetd and haproxy for the
+# inetd and scale-out tests, systemd-analyze for contrib/. With "venv": only python3-venv.
 set -eu
 courier=""
 cyrus=""
@@ -12,6 +12,8 @@ if [ "${1:-}" = "venv" ]; then
 else
     pkgs=""
     [ -x /usr/sbin/dovecot ] || pkgs="$pkgs dovecot-imapd"
+    # Dovecot's own POP3 server: the peer of the Maildir store in `make bench` (S5)
+    [ -x /usr/lib/dovecot/pop3 ] || pkgs="$pkgs dovecot-pop3d"
     command -v openssl >/dev/null 2>&1 || pkgs="$pkgs openssl"
     # privilege-drop tests run pop2gate from a venv of Debian's python3, outside /root
     /usr/bin/python3 -c "import ensurepip" 2>/dev/null || pkgs="$pkgs python3 python3-venv"

@@ -9,6 +9,7 @@ a credential.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import imaplib
 import ipaddress
@@ -50,6 +51,18 @@ class _IMAP4(imaplib.IMAP4):
     max_literal = 1 << 20
     # imaplib sends a bytes `literal` as it is, which LOGIN needs; typeshed says str only.
     literal: bytes | str | None  # type: ignore[assignment]
+
+    # Whether `_get_capabilities` may take the server's `[CAPABILITY ...]` response code instead
+    # of asking: after the greeting (imaplib's constructor) and after login, never after
+    # STARTTLS, where what came before the handshake must not count.
+    use_capability_code = True
+
+    def _get_capabilities(self) -> None:
+        codes = self.untagged_responses.pop("CAPABILITY", None)
+        if self.use_capability_code and codes and isinstance(codes[-1], bytes):
+            self.capabilities = tuple(codes[-1].decode("ascii", "replace").upper().split())
+            return  # one round trip saved
+        super()._get_capabilities()  # type: ignore[misc]  # imaplib's own (untyped)
 
     def read(self, size: int) -> bytes:
         if size > self.max_literal:
@@ -108,6 +121,7 @@ def connect(target: Target, peer: tuple[str, int] | None) -> ImapConn:
     except _FAILURES as err:
         raise ConnError(f"connect {target.host}:{target.port}: {_reason(err)}") from None
     imap.max_literal = target.max_literal
+    imap.use_capability_code = False  # until login (STARTTLS asks afresh)
     # Commands are small and each waits for its answer: Nagle's algorithm meeting the server's
     # delayed ACK would stall each one for tens of milliseconds.
     with contextlib.suppress(OSError):
@@ -222,6 +236,7 @@ class ImapConn:
 
     def _login(self, authz: str, authc: str, password: str) -> bool:
         imap = self._imap
+        imap.untagged_responses.pop("CAPABILITY", None)  # only the login answer's may count
         try:
             if "AUTH=PLAIN" in imap.capabilities:
                 self._auth_plain(authz, authc, password)
@@ -236,7 +251,11 @@ class ImapConn:
                 raise ConnError("login: backend unavailable") from None
             return False
         imap.state = "AUTH"
-        imap._get_capabilities()
+        imap.use_capability_code = True  # the login answer's, over the connection as secured
+        try:
+            imap._get_capabilities()
+        finally:
+            imap.use_capability_code = False
         return True
 
     def forget_commands(self) -> None:
@@ -251,7 +270,13 @@ class ImapConn:
             # The credentials go out once; a second challenge cancels the exchange.
             return payload.pop() if payload else None
 
-        self._imap.authenticate("PLAIN", answer)
+        imap = self._imap
+        if "SASL-IR" in imap.capabilities:  # RFC 4959: the credentials with the command, one round trip
+            typ, dat = imap._simple_command("AUTHENTICATE", "PLAIN", base64.b64encode(payload[0]).decode("ascii"))
+            if typ != "OK":
+                raise imaplib.IMAP4.error(dat[-1].decode("utf-8", "replace") if dat and dat[-1] else typ)
+            return
+        imap.authenticate("PLAIN", answer)
 
     def _plain_login(self, user: str, password: str) -> bool:
         imap = self._imap
@@ -332,6 +357,14 @@ class ImapConn:
 
         self._guarded("NOOP", run)
 
+    def open_folder(self, name: str) -> list[tuple[int, int, bool]] | None:
+        """`select` then `snapshot`, in one call (one trip to a worker thread); None when the
+        folder was refused."""
+        exists = self.select(name)
+        if exists is None:
+            return None
+        return self.snapshot() if exists else []
+
     def snapshot(self) -> list[tuple[int, int, bool]]:
         """(UID, RFC822.SIZE, seen) of every message not flagged \\Deleted, by UID. Every UID
         in sequence order is kept (`sequence`), to map later EXPUNGE responses to UIDs."""
@@ -388,6 +421,24 @@ class ImapConn:
             if tail is not None and not isinstance(tail, bytes):
                 raise ConnError("UID FETCH: unreadable body")
             return tail if now is None or now == str(size) else None
+
+        return self._guarded("UID FETCH", run)
+
+    def fetch_bodies(self, sizes: dict[int, int]) -> dict[int, bytes]:
+        """`BODY.PEEK[]` of several messages (UID -> RFC822.SIZE at the snapshot) in one `UID
+        FETCH`, with their RFC822.SIZE asked again; a message gone, or whose size the server
+        no longer gives (see `fetch_tail`), is missing."""
+
+        def run() -> dict[int, bytes]:
+            typ, text, items = self._run("UID", "FETCH", uid_set(sizes), "(RFC822.SIZE BODY.PEEK[])")
+            if typ != "OK" and not _expunge_issued(typ, text):
+                raise ConnError(f"UID FETCH: {typ}")
+            out: dict[int, bytes] = {}
+            for uid, data in fetch_by_uid(items).items():
+                body, now = data.get("BODY[]"), data.get("RFC822.SIZE")
+                if uid in sizes and isinstance(body, bytes) and (now is None or now == str(sizes[uid])):
+                    out[uid] = body
+            return out
 
         return self._guarded("UID FETCH", run)
 
