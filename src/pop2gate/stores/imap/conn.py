@@ -16,6 +16,7 @@ import ipaddress
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,10 @@ class ImapConn:
         self.server_name: str | None = None  # what the server's ID answer calls it
         self.sequence: list[int] = []  # the selected folder's UIDs in sequence order
         self.gone: set[int] = set()  # UIDs another client expunged since the snapshot
+        # When the last command that got its tagged answer was sent (monotonic): the server
+        # sends pending EXPUNGE responses with any command's answer, so every removal before
+        # it is in `gone`.
+        self.answered_at = float("-inf")
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -192,13 +197,19 @@ class ImapConn:
                 self._broken = True
                 raise ConnError(f"{what}: {_reason(err)}") from None
 
+    def answer_age(self) -> float:
+        """Seconds since the last answered command was sent (`answered_at`)."""
+        return time.monotonic() - self.answered_at
+
     def _run(self, *args: str | bytes) -> tuple[str, bytes, list[FetchPiece]]:
         """Send one command; return (status, tagged text, FETCH pieces)."""
         imap = self._imap
         imap.untagged_responses = {}
         typ: str
         dat: list[bytes | None]
+        sent = time.monotonic()
         typ, dat = imap._simple_command(*args)  # imaplib's own command runner (untyped)
+        self.answered_at = sent
         self._note_expunges(imap.untagged_responses.pop("EXPUNGE", []))
         if "UIDVALIDITY" in imap.untagged_responses:
             # UIDs no longer name the messages they named at SELECT.
