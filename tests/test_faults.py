@@ -81,6 +81,17 @@ class Wire:
     async def data(self, n: int) -> bytes:
         return await asyncio.wait_for(self.reader.readexactly(n), 15)
 
+    async def retr_ackd(self, body: bytes) -> int:
+        """RETR, which must give exactly `body`, then ACKD; the next message's count."""
+        self.writer.write(b"RETR\r\n")
+        assert await self.data(len(body)) == body
+        return await self.count("ACKD")
+
+    async def quit(self) -> None:
+        """QUIT: `+ OK`, then the server closes."""
+        assert await self.send("QUIT") == b"+ OK\r\n"
+        assert await self.rest() == b""
+
     async def rest(self, timeout: float = 15) -> bytes:
         """Everything until the server closes."""
         return await asyncio.wait_for(self.reader.read(-1), timeout)
@@ -381,11 +392,8 @@ async def test_other_client_expunges_mid_session(dovecot, gate, logs):
         dovecot.expunge("alice", uid)
     assert await c.send("READ 1") == b"=0 no message 1\r\n"
     assert await c.count("READ 2") == len(stored[uids[1]])
-    c.writer.write(b"RETR\r\n")
-    assert await c.data(len(stored[uids[1]])) == stored[uids[1]]
-    assert await c.count("ACKD") == len(stored[uids[2]])
-    assert await c.send("QUIT") == b"+ OK\r\n"
-    assert await c.rest() == b""
+    assert await c.retr_ackd(stored[uids[1]]) == len(stored[uids[2]])
+    await c.quit()
     await g.idle()
     assert_logged(logs, "deleted ", "quit ")
     assert_kept(dovecot, "alice", {u: stored[u] for u in (uids[2], uids[4])})
@@ -420,11 +428,8 @@ async def test_other_client_expunges_an_announced_message_read_ahead(dovecot, ga
     assert await c.helo("alice", USERS["alice"]) == 3
     assert await c.count("READ 2") == len(stored[uids[1]])
     dovecot.expunge("alice", uids[1])
-    c.writer.write(b"RETR\r\n")
-    assert await c.data(len(stored[uids[1]])) == stored[uids[1]]
-    assert await c.count("ACKD") == len(stored[uids[2]])
-    assert await c.send("QUIT") == b"+ OK\r\n"
-    assert await c.rest() == b""
+    assert await c.retr_ackd(stored[uids[1]]) == len(stored[uids[2]])
+    await c.quit()
     await g.idle()
     assert_logged(logs, "quit ")
     assert_kept(dovecot, "alice", {u: stored[u] for u in (uids[0], uids[2])})
