@@ -70,3 +70,28 @@ def dovecot():
         yield server
     finally:
         server.stop()
+
+
+# --- OAuth2: the test authorization server and a Dovecot that takes its tokens -------------
+
+@pytest.fixture(scope="session")
+def oauth_server():
+    from oauthserver import OAuthServer
+
+    server = OAuthServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def oauth_dovecot(oauth_server):
+    """A private Dovecot that accepts XOAUTH2 and OAUTHBEARER tokens oauth_server says are active."""
+    from dovecot_oauth import OAuthDovecot
+
+    server = OAuthDovecot(oauth_server.url("/introspect")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -174,6 +174,15 @@ def write(tokens_dir: Path, tf: TokenFile, owner: tuple[int, int] | None = None)
     return path
 
 
+def make_dir(tokens_dir: Path, owner: tuple[int, int] | None = None) -> None:
+    """Create tokens_dir (mode 0700) if missing; hand it to `owner` (uid, gid) when given, since the
+    serving user replaces files in it when a refresh token rotates."""
+    tokens_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if owner is not None:
+        os.chown(tokens_dir, *owner)
+        os.chmod(tokens_dir, 0o700)
+
+
 def users(tokens_dir: Path) -> list[str]:
     """The users that have a file, sorted."""
     try:
