@@ -5,11 +5,14 @@ accepts only bearer tokens for these logins (dovecot_oauth.py)."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import pwd
+import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -386,3 +389,48 @@ def test_add_as_root_hands_the_file_to_the_serving_user(env):
     for path, mode in ((env.tokens_dir, 0o700), (env.tokens_dir / "alice", 0o600)):
         st = path.stat()
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (nobody.pw_uid, nobody.pw_gid, mode)
+
+
+def test_served_as_nobody_after_oauth_add_as_root(tmp_path, oauth_server, oauth_dovecot):
+    """`oauth add` as root, `serve` dropping to nobody: the server reads the grant, refreshes over
+    HTTP and stores the rotated token as nobody, and imports nothing after the drop."""
+    from helpers import free_port, wait_port
+    from pop2gate.pop2.client import Client
+    from test_privileges import imports_after_the_drop, serve, stop
+
+    assert os.geteuid() == 0, "make test runs as root"
+    root = Path(tempfile.mkdtemp(prefix="p2g-oauth-"))
+    os.chmod(root, 0o755)  # pytest's tmp_path is closed to nobody
+    try:
+        env = Env(root, oauth_server, oauth_dovecot)
+        oauth_dovecot.clear("alice")
+        env.add_through_browser()
+        before = (env.tokens_dir / "alice").read_text()
+        fill(oauth_dovecot, MESSAGES[:1])
+        port = free_port()
+        cfg = env.write()
+        cfg.write_text(cfg.read_text().replace('listen = ["127.0.0.1:0"]', f'listen = ["127.0.0.1:{port}"]')
+                       .replace("[server]\n", '[server]\nuser = "nobody"\n'))
+        proc = serve(BIN / "pop2gate", cfg, PYTHONPROFILEIMPORTTIME="1")
+        try:
+            wait_port(port, proc)
+            with Client.connect("127.0.0.1", port, timeout=20) as c:
+                assert c.helo("alice", PASSWORD) == 1
+                assert c.read() == len(wire(MESSAGES[0])) and c.retr() == wire(MESSAGES[0])
+                c.ackd()
+                c.quit()
+        finally:
+            err = stop(proc)
+        assert "Traceback" not in err, err
+        assert "stored the rotated refresh token" in err
+        after = env.tokens_dir / "alice"
+        assert after.read_text() != before
+        st = after.stat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (pwd.getpwnam("nobody").pw_uid, 0o600)
+        assert oauth_dovecot.uids("alice") == {}
+        # anyio tries an optional module that is not installed (sniffio) on each call: a lookup
+        # that fails the same way before and after the drop; any module that exists must be loaded.
+        late = [m for m in imports_after_the_drop(err) if importlib.util.find_spec(m) is not None]
+        assert late == [], late
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

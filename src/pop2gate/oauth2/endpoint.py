@@ -1,7 +1,9 @@
 """The token endpoint (RFC 6749 section 3.2) and the device authorization endpoint (RFC 8628),
 over httpx with TLS verified; every request bounded by `[backend.oauth2] timeout`.
 
-Nothing here logs, and no error text carries a token or a secret.
+Nothing here logs, and no error text carries a token or a secret. httpx loads its asyncio
+network layer (httpcore, anyio) at the first request; it is imported here instead, so a request
+after the privilege drop imports nothing (gateway.privileges).
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import anyio._backends._asyncio  # noqa: F401
+import anyio.streams.tls  # noqa: F401
+import httpcore._backends.anyio  # noqa: F401
 import httpx
 
 from .config import OAuth2Settings
