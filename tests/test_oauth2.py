@@ -178,3 +178,41 @@ def test_wrong_key_exits_2(tmp_path):
     out = subprocess.run([str(BIN / "pop2gate"), "oauth", "list", "-c", str(cfg)], capture_output=True, text=True,
                          timeout=30)
     assert out.returncode == 2 and "oauth2.scoop" in out.stderr
+
+
+async def test_token_endpoint_certificate_is_verified(tmp_path):
+    """An https token endpoint whose certificate no trusted CA signed is refused, not used."""
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from dovecot import make_ca
+    from pop2gate.oauth2.endpoint import Endpoint
+
+    make_ca(tmp_path)
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    endpoint = Endpoint(oauth2_settings(client_id="c", scope="s", authorize_url="https://127.0.0.1/a",
+                                        token_url=f"https://127.0.0.1:{httpd.server_address[1]}/token"))
+    try:
+        with pytest.raises(EndpointError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            await endpoint.refresh("refresh-SECRET")
+    finally:
+        await endpoint.aclose()
+        httpd.shutdown()
+        httpd.server_close()
+    assert seen == []  # no request reached it
