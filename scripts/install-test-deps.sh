@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the system packages the test suite needs (Debian): Dovecot for the
 # real IMAP backend, openssl for the test CA, Debian's python3 with venv for the
-# privilege-drop tests. With "venv": only python3-venv.
+# privilege-drop tests, socat, xinetd and haproxy for the
+# inetd and scale-out tests, systemd-analyze for contrib/. With "venv": only python3-venv.
 set -eu
 courier=""
 cyrus=""
@@ -14,6 +15,12 @@ else
     # privilege-drop tests run pop2gate from a venv of Debian's python3, outside /root
     /usr/bin/python3 -c "import ensurepip" 2>/dev/null || pkgs="$pkgs python3 python3-venv"
     command -v setpriv >/dev/null 2>&1 || pkgs="$pkgs util-linux"
+    # inetd mode through real socat and xinetd, scale-out behind haproxy (tests/test_inetd.py,
+    # tests/test_scaleout.py); systemd-analyze checks the units in contrib/ (no running systemd needed)
+    command -v socat >/dev/null 2>&1 || pkgs="$pkgs socat"
+    [ -x /usr/sbin/xinetd ] || pkgs="$pkgs xinetd"
+    [ -x /usr/sbin/haproxy ] || pkgs="$pkgs haproxy"
+    command -v systemd-analyze >/dev/null 2>&1 || pkgs="$pkgs systemd"
     # Courier-IMAP (tests/courier.py) conflicts with dovecot-imapd: its dependencies from apt,
     # the package itself unpacked into a private root (below)
     { [ -x /usr/sbin/couriertcpd ] && [ -x /usr/sbin/makeuserdb ]; } ||

@@ -72,6 +72,35 @@ def dovecot():
         server.stop()
 
 
+@dataclass
+class Served:
+    port: int
+    log: Path  # the server's stderr (its log lines)
+    proc: object
+
+
+@pytest.fixture
+def served(env: MailEnv, tmp_path: Path):
+    """`pop2gate serve -c FILE` as a subprocess on a free loopback port, its log in a file."""
+    import signal
+    import subprocess
+
+    from helpers import BIN, free_port, wait_port
+
+    port = free_port()
+    cfg = env.write_config(f"127.0.0.1:{port}")
+    log = tmp_path / "serve.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([str(BIN / "pop2gate"), "serve", "-c", str(cfg)], stderr=err, text=True)
+    try:
+        wait_port(port, proc)
+        yield Served(port, log, proc)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
 # --- OAuth2: the test authorization server and a Dovecot that takes its tokens -------------
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -134,6 +136,33 @@ def wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 15) -> No
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"nothing listens on {port}")
+
+
+def need_program(name: str) -> str:
+    """The path of a system program the test needs; fails (never skips) when it is missing."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    assert path, f"{name} is not installed: run scripts/install-test-deps.sh"
+    return path
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> int:
+    """Send `sig`, wait for the exit (SIGKILL after 10 s); returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return int(proc.returncode)
+
+
+def log_with(path: Path, text: str, timeout: float = 15, count: int = 1) -> str:
+    """The log file once `text` is in it `count` times (the process writing it may still be busy)."""
+    deadline = time.monotonic() + timeout
+    while (log := path.read_text()).count(text) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return log
 
 
 class Gateways:
@@ -311,3 +340,81 @@ def replies(answers: list[bytes], greeting: bytes | None = None, drain: bool = F
             conn.drain()
 
     return script
+
+
+class Relay:
+    """A TCP relay on loopback to `upstream`, for cutting a session at a chosen point.
+
+    Bytes from the server are passed on until `hold_at` (a marker) shows up; then the relay
+    passes everything before the marker, sets `held` and waits: `release()` passes the rest
+    on, `cut()` closes both sides at once.
+    """
+
+    def __init__(self, upstream: tuple[str, int], hold_at: bytes | None = None):
+        self.upstream = upstream
+        self.hold_at = hold_at
+        self.held = threading.Event()
+        self._go = threading.Event()
+        self._cut = False
+        self._socks: list[socket.socket] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        try:
+            client, _ = self.sock.accept()
+        except OSError:
+            return
+        server = socket.create_connection(self.upstream, timeout=30)
+        self._socks += [client, server]
+        for args in ((client, server, None), (server, client, self.hold_at)):
+            t = threading.Thread(target=self._pump, args=args, daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, marker: bytes | None) -> None:
+        seen = b""
+        try:
+            while data := src.recv(65536):
+                if marker is not None and marker in seen[-len(marker):] + data:
+                    at = (seen[-len(marker):] + data).index(marker) - len(seen[-len(marker):])
+                    if at > 0:
+                        dst.sendall(data[:at])
+                    data, marker = data[max(at, 0):], None
+                    self.held.set()
+                    self._go.wait(30)
+                    if self._cut:
+                        return
+                seen = (seen + data)[-4096:]
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            if self._cut:
+                self.close()
+
+    def release(self) -> None:
+        self._go.set()
+
+    def cut(self) -> None:
+        self._cut = True
+        self.close()
+        self._go.set()
+
+    def close(self) -> None:
+        for s in [self.sock, *self._socks]:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def __enter__(self) -> Relay:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._go.set()
+        self.close()

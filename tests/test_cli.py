@@ -132,47 +132,26 @@ def test_inetd_mode_eof_after_ackd_deletes_nothing(env):
 
 
 def test_inetd_mode_on_a_socket(env):
-    """The way inetd starts it: stdin and stdout are the accepted socket."""
+    """The way inetd starts it: stdin and stdout are the accepted socket; the client waits for each reply."""
+    from pop2gate.pop2.client import Client
+
     env.deliver("alice", b"x\n")
     cfg = env.write_config()
     ours, theirs = socket.socketpair()
-    with ours:
-        proc = subprocess.Popen(
-            [POP2GATE, "serve", "--inetd", "-c", str(cfg)], stdin=theirs, stdout=theirs, stderr=subprocess.PIPE
-        )
-        theirs.close()
-        ours.settimeout(20)
-        ours.sendall(f"HELO alice {PASSWORD}\r\nQUIT\r\n".encode())
-        data = b""
-        while chunk := ours.recv(4096):
-            data += chunk
-        assert data == b"+ POP2 test.invalid pop2gate server ready\r\n#1 message in INBOX\r\n+ OK\r\n"
-        proc.wait(10)
-        assert proc.returncode == 0
-
-
-def test_fetch_list_and_maildir(serving, env, tmp_path):
-    env.deliver("alice", b"Subject: one\n\n1\n")
-    env.deliver("alice", b"Subject: two\n\n2\n")
-    result = run("fetch", "--port", str(serving), "--user", "alice", "--list", stdin=PASSWORD + "\n")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[0].split() == ["1", str(len(b"Subject: one\r\n\r\n1\r\n"))]
-    assert "2 message(s) in INBOX" in result.stdout
-    assert len(env.files("alice")) == 2
-
-    out = tmp_path / "local"
-    result = run("fetch", "--port", str(serving), "--user", "alice", "--maildir", str(out), "--delete",
-                 stdin=PASSWORD + "\n")
-    assert result.returncode == 0, result.stderr
-    saved = sorted(p.read_bytes() for p in (out / "new").iterdir())
-    assert saved == [b"Subject: one\r\n\r\n1\r\n", b"Subject: two\r\n\r\n2\r\n"]
+    proc = subprocess.Popen(
+        [POP2GATE, "serve", "--inetd", "-c", str(cfg)], stdin=theirs, stdout=theirs, stderr=subprocess.PIPE
+    )
+    theirs.close()
+    with Client.from_socket(ours, timeout=20) as c:
+        assert c.greeting.text == "POP2 test.invalid pop2gate server ready"
+        assert c.helo("alice", PASSWORD) == 1
+        assert c.read() == 3
+        assert c.retr() == b"x\r\n"
+        assert c.ackd() == 0
+        assert c.quit() == "OK"
+    proc.wait(10)
+    assert proc.returncode == 0
     assert env.files("alice") == []
-
-
-def test_fetch_bad_login_exits_1(serving):
-    result = run("fetch", "--port", str(serving), "--user", "alice", "--list", stdin="wrong\n")
-    assert result.returncode == 1
-    assert "Bad login" in result.stderr
 
 
 def test_demo_serves_a_full_session(tmp_path):

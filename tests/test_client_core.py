@@ -797,3 +797,15 @@ def test_input_while_no_reply_is_due_is_bounded():
     with pytest.raises(RemoteProtocolError):
         p.next_event()
     assert p.state is State.ERROR
+
+
+@pytest.mark.parametrize("data,extra", [(b"abc", False), (b"abcd", True), (b"abc=0 early\r\n", True)])
+def test_unsolicited_octets_after_retr(data, extra):
+    """`Client.unsolicited()`: after RETR, anything beyond the announced octets (a message longer
+    than announced, a reply before the ack) is seen without blocking, and the ack is still possible."""
+    with scripted([b"#1\r\n", b"=3\r\n", data, b"=0 done\r\n"], drain=True) as srv:
+        with Client.connect("127.0.0.1", srv.port, timeout=5) as client:
+            client.helo("u", "p")
+            client.read()
+            assert client.retr() == b"abc"  # the extra octets come in the same send as the data
+            assert client.unsolicited() is extra

@@ -75,8 +75,8 @@ def test_fetch_tls_end_to_end_through_serve(env, pki, tmp_path):
     try:
         port = listening_port(proc)
         out = tmp_path / "saved"
-        fetch = [POP2GATE, "fetch", "--tls", "--ca-file", str(pki / "ca.pem"), "--host", "localhost",
-                 "--port", str(port), "--user", "alice"]
+        fetch = [POP2GATE, "fetch", f"localhost:{port}", "--tls", "--ca-file", str(pki / "ca.pem"),
+                 "--user", "alice"]
         result = subprocess.run([*fetch, "--maildir", str(out), "--delete"], input=PASSWORD + "\n",
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
@@ -84,9 +84,17 @@ def test_fetch_tls_end_to_end_through_serve(env, pki, tmp_path):
         assert env.files("alice") == []
         # Without --ca-file the test CA is not trusted: no session, a clear error, exit 1.
         env.deliver("alice", MESSAGE)
-        result = subprocess.run([POP2GATE, "fetch", "--tls", "--port", str(port), "--user", "alice", "--list"],
-                                input=PASSWORD + "\n", capture_output=True, text=True, timeout=60)
-        assert result.returncode == 1 and "SSLCertVerificationError" in result.stderr
+        plain = [POP2GATE, "fetch", f"127.0.0.1:{port}", "--tls", "--user", "alice", "--list"]
+        result = subprocess.run(plain, input=PASSWORD + "\n", capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1
+        assert result.stderr.splitlines() == [
+            "pop2gate fetch: TLS certificate of 127.0.0.1 not accepted: unable to get local issuer certificate"]
+        # --insecure: no verification, and a warning that says so.
+        result = subprocess.run([*plain, "--insecure"], input=PASSWORD + "\n", capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "warning: --insecure: the server's certificate is not verified" in result.stderr
+        assert result.stdout == f"     1 {len(WIRE):10d}\n"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
@@ -99,7 +107,7 @@ def test_fetch_help_documents_tls():
 
 
 def test_ca_file_without_tls_is_a_usage_error(pki):
-    result = subprocess.run([POP2GATE, "fetch", "--ca-file", str(pki / "ca.pem"), "--user", "a", "--list"],
+    result = subprocess.run([POP2GATE, "fetch", "host", "--ca-file", str(pki / "ca.pem"), "--user", "a", "--list"],
                             input="x\n", capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--ca-file needs --tls" in result.stderr
 

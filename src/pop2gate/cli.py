@@ -42,7 +42,11 @@ def main() -> None:
 @click.option("--inetd", is_flag=True, help="Serve one session on stdin/stdout (inetd, xinetd, socat).")
 @_log_option
 def serve(config_path: Path, inetd: bool, log_level: str) -> None:
-    """Run the POP2 server."""
+    """Run the POP2 server.
+
+    Listens on the addresses of [server], or on the sockets systemd hands over (socket
+    activation). SIGHUP re-reads the configuration for new sessions; SIGTERM stops.
+    """
     from .gateway.listeners import serve_forever, serve_stdio
 
     config = _load(config_path)
@@ -50,7 +54,7 @@ def serve(config_path: Path, inetd: bool, log_level: str) -> None:
     from .gateway.privileges import PrivilegeError
 
     try:
-        asyncio.run(serve_stdio(config) if inetd else serve_forever(config))
+        asyncio.run(serve_stdio(config) if inetd else serve_forever(config, reload=lambda: load_config(config_path)))
     except PrivilegeError as err:
         click.echo(f"pop2gate: {err}", err=True)
         sys.exit(2)
@@ -85,7 +89,8 @@ def demo(directory: Path | None, log_level: str) -> None:
             f"pop2gate demo: serving {directory / 'mail'} on {host}:{port} (user demo, password demo)\n"
             f"Connect by hand:     telnet {host} {port}\n"
             f"  then type:         HELO demo demo, READ, RETR, ACKS (keep) or ACKD (delete), QUIT\n"
-            f"Or with the client:  echo demo | {prog} fetch --host {host} --port {port} --user demo --list\n"
+            f"Or with the client:  {prog} fetch {host}:{port} --user demo --list     (password: demo)\n"
+            f"  or into an mbox:   {prog} fetch {host}:{port} --user demo --mbox demo.mbox\n"
             f"Stop with Ctrl-C.",
         )
 
@@ -145,56 +150,95 @@ def user_add(name: str, config_path: Path | None, users_file: Path | None, backe
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="POP2 server.")
-@click.option("--port", default=109, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--user", required=True, help="Login name (the password is read without echo, or from stdin).")
-@click.option("--folder", help="Mailbox to read instead of INBOX.")
+@click.argument("target", metavar="HOST[:PORT]")
+@click.option("--user", required=True, metavar="USER", help="Login name.")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Read the password from the first line of FILE (refused if group or others have any access).")
+@click.option("--folder", metavar="NAME", help="Mailbox to read instead of INBOX.")
 @click.option("--list", "list_only", is_flag=True, help="Only list message numbers and sizes; change nothing.")
-@click.option("--maildir", type=click.Path(path_type=Path), help="Save messages into this Maildir.")
-@click.option("--delete", is_flag=True, help="With --maildir: delete each message on the server once saved.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait on the network.")
+@click.option("--dry-run", is_flag=True, help="The same as --list.")
+@click.option("--maildir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Save messages into this Maildir (created if missing).")
+@click.option("--mbox", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append messages to this mbox file (mboxrd, under an exclusive fcntl lock).")
+@click.option("--stdout", "to_stdout", is_flag=True, help="Write one message (the first) to stdout.")
+@click.option("--keep/--delete", default=True, show_default=True,
+              help="Leave each saved message on the server (ACKS), or have it deleted there (ACKD).")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Take at most N messages.")
 @click.option("--tls", is_flag=True,
               help="TLS from the first octet (a pop2gate tls_listen port), TLS 1.2 or later. The server's "
-                   "certificate and its name (--host) are verified, against the system's CAs or --ca-file.")
+                   "certificate and its name (HOST) are verified, against the system's CAs or --ca-file.")
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --tls: trust the CA certificates in this PEM file instead of the system's.")
-def fetch(host: str, port: int, user: str, folder: str | None, list_only: bool, maildir: Path | None,
-          delete: bool, timeout: float, tls: bool, ca_file: Path | None) -> None:
-    """Read a mailbox from a POP2 server (list it, or save it into a Maildir)."""
+@click.option("--insecure", is_flag=True, help="With --tls: do not verify the certificate (warns on stderr).")
+@click.option("--connect-timeout", type=click.FloatRange(min=0.01), default=30.0, metavar="SECONDS", show_default=True,
+              help="Seconds to connect (and finish the TLS handshake).")
+@click.option("--timeout", type=click.FloatRange(min=0.01), default=60.0, show_default=True, metavar="SECONDS",
+              help="Seconds to wait for each reply or piece of message data.")
+def fetch(target: str, user: str, password_file: Path | None, folder: str | None, list_only: bool,
+          dry_run: bool, maildir: Path | None, mbox: Path | None, to_stdout: bool, keep: bool,
+          limit: int | None, tls: bool, ca_file: Path | None, insecure: bool, connect_timeout: float,
+          timeout: float) -> None:
+    """Move a mailbox out of a POP2 server, or list it.
+
+    HOST[:PORT] as for `check`: a name, an IPv4 address, or [IPv6]; port 109 by default.
+
+    \b
+    The password comes from --password-file, else $POP2_PASSWORD, else a prompt
+    without echo when stdin is a terminal, else the first line of stdin. There is
+    no option that takes it on the command line.
+
+    A message is acknowledged only once it is on disk (fsynced). With --delete the
+    server deletes only after a clean QUIT; a message cut short or of the wrong
+    length leaves nothing written and the session ends without QUIT, so nothing
+    is deleted.
+
+    \b
+    Ctrl-C once:  finish the current message, then QUIT (deletions so far apply).
+    Ctrl-C twice: abort at once without QUIT (the server deletes nothing).
+
+    Exit status: 0 done, 1 failure or interrupted (one line on stderr), 2 usage error.
+    """
     import ssl
 
-    from .fetch import fetch_to_maildir, list_messages
-    from .pop2.client import Client, ProtocolError
+    from .console import PasswordError, read_password
+    from .fetch import FetchError, Session, TargetError, parse_host_port, run, tls_context
+    from .mailfiles import MaildirWriter, MboxWriter, StdoutWriter, WriteError
 
-    if list_only == (maildir is not None):
-        raise click.UsageError("give exactly one of --list or --maildir")
-    if delete and maildir is None:
-        raise click.UsageError("--delete needs --maildir")
-    if ca_file is not None and not tls:
-        raise click.UsageError("--ca-file needs --tls")
-    context = None
-    if tls:
-        try:
-            context = ssl.create_default_context(cafile=ca_file)
-        except ssl.SSLError as err:
-            raise click.BadParameter(f"no CA certificate in {ca_file}: {err}", param_hint="--ca-file") from None
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-    password = _read_password(confirm=False)
+    outputs = [list_only or dry_run, maildir is not None, mbox is not None, to_stdout]
+    if sum(outputs) != 1:
+        raise click.UsageError("give exactly one of --list (or --dry-run), --maildir, --mbox or --stdout")
+    if not keep and (list_only or dry_run):
+        raise click.UsageError("--delete needs --maildir, --mbox or --stdout")
+    if to_stdout and limit not in (None, 1):
+        raise click.UsageError("--stdout writes one message: --limit can only be 1")
+    if (ca_file is not None or insecure) and not tls:
+        raise click.UsageError(f"{'--ca-file' if ca_file is not None else '--insecure'} needs --tls")
+    if ca_file is not None and insecure:
+        raise click.UsageError("--ca-file and --insecure exclude each other")
     try:
-        with Client.connect(host, port, timeout=timeout, ssl_context=context) as client:
-            count = client.helo(user, password)
-            if folder:
-                count = client.fold(folder)
-            if list_only:
-                for n, size in list_messages(client, count):
-                    click.echo(f"{n:6d} {size:10d}")
-                click.echo(f"{count} message(s) in {folder or 'INBOX'}")
-            elif maildir is not None:
-                saved = fetch_to_maildir(client, count, maildir, delete, report=click.echo)
-                click.echo(f"{saved} message(s) saved to {maildir}" + (", deleted on the server" if delete else ""))
-            client.quit()
-    except (ProtocolError, OSError) as err:
-        click.echo(f"pop2gate fetch: {err.__class__.__name__}: {err}", err=True)
+        host, port = parse_host_port(target)
+    except TargetError as err:
+        raise click.BadParameter(str(err), param_hint="HOST[:PORT]") from None
+    try:
+        context = tls_context(ca_file, insecure) if tls else None
+    except ssl.SSLError as err:
+        raise click.BadParameter(f"no CA certificate in {ca_file}: {err}", param_hint="--ca-file") from None
+    try:
+        password = read_password(password_file, f"Password for {user} at {target}: ")
+    except PasswordError as err:
+        raise click.BadParameter(str(err), param_hint="--password-file" if password_file else "password") from None
+    if insecure:
+        click.echo("pop2gate fetch: warning: --insecure: the server's certificate is not verified; "
+                   "anyone on the path can read the password and the mail", err=True)
+    try:
+        writer = (MaildirWriter(maildir) if maildir is not None else MboxWriter(mbox) if mbox is not None
+                  else StdoutWriter() if to_stdout else None)
+        session = Session(host, port, user, folder, context, connect_timeout, timeout)
+        sys.exit(run(session, password, writer, delete=not keep, limit=1 if to_stdout else limit,
+                     bar=sys.stderr.isatty()))
+    except (FetchError, WriteError) as err:
+        click.echo(f"pop2gate fetch: {err}", err=True)
         sys.exit(1)
 
 

@@ -1,4 +1,5 @@
-"""Listeners: asyncio TCP (one task per connection) and inetd/stdio mode."""
+"""Listeners: asyncio TCP (one task per connection; sockets bound or handed over by systemd),
+reload on SIGHUP, and inetd/stdio mode."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ import os
 import signal
 import socket
 import ssl
+import stat
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, get_args
 
-from ..config import Config, ListenKey
+from ..config import Config, ConfigError, ListenKey, ServerSettings
 from ..pop2.wire import MAX_LINE, Reason
 from ..routing import Router
 from ..stores import open_stores
 from ..stores.base import MailStore, Peer
+from .activation import ActivationError, inherited_sockets
 from .admission import Admission
-from .privileges import drop_privileges
+from .privileges import check_store_access, drop_privileges
 from .proxy import ProxyHeaderError, proxied_peer
 from .resources import AcceptErrors, ensure_open_files
 from .session import Session
@@ -30,22 +33,69 @@ from .tls import TlsError, handshake, hold_input, server_context
 log = logging.getLogger("pop2gate.server")
 
 
+# Settings a reload cannot change (docs/operations.md): the sockets are bound and root is given
+# up at start, and the login throttle's tables are sized then.
+RESTART_KEYS = {
+    "server": ("listen", "tls_listen", "proxy_listen", "user", "group"),
+    "limits": ("listen_backlog", "login_failure_window", "max_tracked_addresses", "max_login_failures_per_second"),
+}
+
+
+def _tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
+    """The server's TLS context when a certificate and key are configured, else None."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    return server_context(settings.tls_cert, settings.tls_key)
+
+
 class Gateway:
-    """Everything sessions share: settings, stores, router, the connection count."""
+    """Everything sessions share: settings, stores, router, the connection count.
+
+    `reload` replaces the settings, stores and TLS context for sessions that start after it;
+    a session keeps those it started with, and retired stores close when their last session ends.
+    """
 
     def __init__(self, config: Config):
         ensure_open_files(config.limits)
         self.config = config
+        self.tls: ssl.SSLContext | None = None  # loaded by start
         self.stores: dict[str, MailStore] = open_stores(config)
         self.router = Router(config, self.stores)
         self.throttle = Throttle(config.limits)
         self.admission = Admission(config.limits)
         self.sessions: set[asyncio.Task[None]] = set()
+        self._stores_of: dict[asyncio.Task[None], dict[str, MailStore]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def active(self) -> int:
         """Sessions being served now."""
         return len(self.sessions)
+
+    def reload(self, config: Config) -> None:
+        """Serve new sessions with `config`; raise (changing nothing) when it cannot be used."""
+        ensure_open_files(config.limits)
+        check_store_access(config)
+        tls = _tls_context(config.server)
+        stores = open_stores(config)
+        for section, keys in RESTART_KEYS.items():
+            for key in keys:
+                if getattr(getattr(config, section), key) != getattr(getattr(self.config, section), key):
+                    log.warning("reload: %s.%s changed; it takes effect at the next restart", section, key)
+        old = self.stores
+        self.config, self.tls, self.stores = config, tls, stores
+        self.router = Router(config, stores)
+        self.throttle.limits = config.limits
+        self.admission.limits = config.limits
+        self._retire(old)
+
+    def _retire(self, stores: dict[str, MailStore]) -> None:
+        """Close `stores` once no session uses them and they are no longer the current ones."""
+        if stores is self.stores or any(s is stores for s in self._stores_of.values()):
+            return
+        task = asyncio.get_running_loop().create_task(_close_stores(stores))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _refuse(self, writer: asyncio.StreamWriter, peer: Peer, why: str) -> None:
         log.warning("refused peer=%s:%s: %s", peer.host, peer.port, why)
@@ -55,15 +105,17 @@ class Gateway:
         writer.close()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
-        limits = self.config.limits
+        config, router, stores = self.config, self.router, self.stores
+        limits = config.limits
         if not self.throttle.admit(peer.host):
             return await self._refuse(
                 writer, peer, f"max_connections_per_address={limits.max_connections_per_address} reached"
             )
         task = asyncio.current_task()
         assert task is not None  # handle always runs as a task of its own
+        self._stores_of[task] = stores
         try:
-            session = Session(reader, writer, peer, self.config, self.router, self.throttle, self.admission)
+            session = Session(reader, writer, peer, config, router, self.throttle, self.admission)
             victims = self.admission.admit(session)
             if victims is None:
                 return await self._refuse(writer, peer, f"max_connections={limits.max_connections} reached "
@@ -81,13 +133,16 @@ class Gateway:
         finally:
             self.throttle.release(peer.host)
             self.sessions.discard(task)
+            del self._stores_of[task]
+            self._retire(stores)
 
     def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    tls: ssl.SSLContext | None = None, proxy: bool = False) -> Coroutine[Any, Any, None]:
+                    kind: ListenKey = "listen") -> Coroutine[Any, Any, None]:
         """Called as the listener accepts, before anything is read; returns what runs as its task."""
+        tls = self.tls if kind == "tls_listen" else None
         if tls is not None:
             hold_input(writer)
-        return self._accept(reader, writer, tls, proxy)
+        return self._accept(reader, writer, tls, kind == "proxy_listen")
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       tls: ssl.SSLContext | None, proxy: bool) -> None:
@@ -112,24 +167,36 @@ class Gateway:
         await self.handle(reader, writer, peer)
 
     async def start(self) -> list[asyncio.Server]:
+        """Listen on the sockets systemd handed over, if any, else on the configured addresses."""
         asyncio.get_running_loop().set_exception_handler(AcceptErrors())
-        settings = self.config.server
-        context = None
-        if settings.tls_listen:
-            assert settings.tls_cert is not None and settings.tls_key is not None  # the config requires them
-            context = server_context(settings.tls_cert, settings.tls_key)
-        kinds: list[tuple[ListenKey, ssl.SSLContext | None, bool]] = [
-            ("listen", None, False), ("tls_listen", context, False), ("proxy_listen", None, True)]
+        self.tls = _tls_context(self.config.server)
+        inherited = inherited_sockets()
+        if inherited:
+            return await self._serve_inherited(inherited)
         servers = []
-        for key, tls, proxy in kinds:
-            for host, port in settings.addresses(key):
+        for key in get_args(ListenKey):
+            for host, port in self.config.server.addresses(key):
                 server = await asyncio.start_server(
-                    functools.partial(self._on_connect, tls=tls, proxy=proxy), host, port, limit=MAX_LINE,
+                    functools.partial(self._on_connect, kind=key), host, port, limit=MAX_LINE,
                     reuse_address=True, backlog=self.config.limits.listen_backlog,
                 )
                 for sock in server.sockets:
                     log.info("listening on %s (%s)", sock.getsockname()[:2], key)
                 servers.append(server)
+        return servers
+
+    async def _serve_inherited(self, inherited: list[tuple[ListenKey, socket.socket]]) -> list[asyncio.Server]:
+        if any(key == "tls_listen" for key, _ in inherited) and self.tls is None:
+            raise ActivationError("a socket named tls was handed over, but server.tls_cert and server.tls_key "
+                                  "are not set")
+        log.info("socket activation: %d socket(s) handed over; [server] listen, tls_listen and proxy_listen "
+                 "are not bound", len(inherited))
+        servers = []
+        for key, sock in inherited:
+            server = await asyncio.start_server(functools.partial(self._on_connect, kind=key), sock=sock,
+                                                limit=MAX_LINE)
+            log.info("listening on %s (%s, handed over)", sock.getsockname()[:2], key)
+            servers.append(server)
         return servers
 
     async def aclose(self) -> None:
@@ -138,12 +205,19 @@ class Gateway:
             task.cancel()
         if self.sessions:
             await asyncio.wait(list(self.sessions), timeout=10)
-        for store in self.stores.values():
-            await store.aclose()
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=10)
+        await _close_stores(self.stores)
 
 
-async def serve_forever(config: Config, ready: Callable[[list[asyncio.Server]], None] | None = None) -> None:
-    """Run the TCP listeners until SIGINT or SIGTERM."""
+async def _close_stores(stores: dict[str, MailStore]) -> None:
+    for store in stores.values():
+        await store.aclose()
+
+
+async def serve_forever(config: Config, ready: Callable[[list[asyncio.Server]], None] | None = None,
+                        reload: Callable[[], Config] | None = None) -> None:
+    """Run the listeners until SIGINT or SIGTERM; on SIGHUP, `reload()` gives the new config."""
     gateway = Gateway(config)
     servers = await gateway.start()
     drop_privileges(config)
@@ -153,6 +227,8 @@ async def serve_forever(config: Config, ready: Callable[[list[asyncio.Server]], 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload, gateway, reload)
     try:
         await stop.wait()
     finally:
@@ -164,33 +240,76 @@ async def serve_forever(config: Config, ready: Callable[[list[asyncio.Server]], 
         await gateway.aclose()
 
 
-def _stdio_peer() -> Peer:
-    """The client's address when stdin is a socket (inetd, socat), else 'stdio'."""
+def _reload(gateway: Gateway, load: Callable[[], Config]) -> None:
+    """SIGHUP: the new configuration for new sessions, or, when it cannot be used, the old one kept."""
+    log.info("reload: reading the configuration")
     try:
-        sock = socket.socket(fileno=os.dup(0))
+        gateway.reload(load())
+    except (ConfigError, OSError) as err:
+        log.error("reload failed, the running configuration stays: %s", err)
+        return
+    except Exception as err:  # whatever else a new store raises: the running server goes on
+        log.error("reload failed, the running configuration stays: %s: %s", type(err).__name__, err)
+        return
+    log.info("reload: done; new sessions use the new configuration, open ones keep theirs")
+
+
+def _stdin_socket() -> socket.socket | None:
+    """stdin as a socket when it is one and stdout is the same (inetd, xinetd, socat), else None.
+
+    The socket is moved to a new descriptor and stdin and stdout are pointed at /dev/null, so
+    closing the socket ends the connection and nothing else can write into the session.
+    """
+    try:
+        stdin, stdout = os.fstat(0), os.fstat(1)
     except OSError:
-        return Peer("stdio", 0)
+        return None
+    if not stat.S_ISSOCK(stdin.st_mode) or (stdin.st_dev, stdin.st_ino) != (stdout.st_dev, stdout.st_ino):
+        return None
+    sock = socket.socket(fileno=os.dup(0))
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    return sock
+
+
+def _socket_peer(sock: socket.socket) -> Peer:
+    """The client's address on an inherited socket ('local' for a Unix socket)."""
     try:
         name = sock.getpeername()
-        return Peer(str(name[0]), int(name[1])) if isinstance(name, tuple) else Peer("local", 0)
     except OSError:
         return Peer("stdio", 0)
-    finally:
-        sock.close()
+    return Peer(str(name[0]), int(name[1])) if isinstance(name, tuple) else Peer("local", 0)
 
 
-async def serve_stdio(config: Config) -> None:
-    """One session on stdin/stdout, the way inetd, xinetd or socat start it."""
-    drop_privileges(config)
-    loop = asyncio.get_running_loop()
+async def _pipe_streams(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Streams on stdin and stdout when they are pipes or files (a test, a shell pipeline)."""
     reader = asyncio.StreamReader(limit=MAX_LINE, loop=loop)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), sys.stdin.buffer)
     transport, protocol = await loop.connect_write_pipe(
         lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), loop=loop), sys.stdout.buffer
     )
-    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    return reader, asyncio.StreamWriter(transport, protocol, None, loop)
+
+
+async def serve_stdio(config: Config) -> None:
+    """One session on stdin/stdout, the way inetd, xinetd or socat start it.
+
+    When stdin is the accepted socket it is used as one; a write-pipe transport on a socket
+    would take the client's next command for the peer going away.
+    """
+    drop_privileges(config)
+    loop = asyncio.get_running_loop()
+    sock = _stdin_socket()
+    if sock is not None:
+        peer = _socket_peer(sock)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_LINE)
+    else:
+        peer = Peer("stdio", 0)
+        reader, writer = await _pipe_streams(loop)
     gateway = Gateway(config)
     try:
-        await gateway.handle(reader, writer, _stdio_peer())
+        await gateway.handle(reader, writer, peer)
     finally:
         await gateway.aclose()

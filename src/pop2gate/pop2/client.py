@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import enum
 import io
+import select
 import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, TypeVar
+from typing import Protocol, TypeVar
 
 from .wire import (
     DEFAULT_PORT,
@@ -45,8 +46,14 @@ __all__ = [
     "ClientProtocol", "Client", "AsyncClient", "State", "NEED_DATA",
     "Greeting", "Count", "Length", "Ok", "Error", "Data", "DataEnd", "Closed", "Event",
     "ProtocolError", "Pop2Error", "LocalProtocolError", "RemoteProtocolError",
-    "ConnectionClosed", "DEFAULT_PORT",
+    "ConnectionClosed", "DEFAULT_PORT", "Sink",
 ]
+
+
+class Sink(Protocol):
+    """Where `retr_to` writes message data: a binary file or anything with its `write`."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 class Pop2Error(ProtocolError):
@@ -167,6 +174,11 @@ class ClientProtocol:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def buffered(self) -> int:
+        """Octets received and not yet taken by an event."""
+        return len(self._buf)
 
     @property
     def waiting(self) -> bool:
@@ -365,7 +377,7 @@ class AsyncClient(_Wrapper):
         await self.retr_to(out)
         return out.getvalue()
 
-    async def retr_to(self, fileobj: BinaryIO) -> int:
+    async def retr_to(self, fileobj: Sink) -> int:
         """Write the current message to fileobj chunk by chunk; return its size."""
         line, total = self.protocol.retr(), 0
         with self._guard():
@@ -431,10 +443,14 @@ class Client(_Wrapper):
 
     @classmethod
     def connect(cls, host: str, port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT,
-                ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None) -> Client:
+                ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                connect_timeout: float | None = None) -> Client:
         """Connect, with TLS first when `ssl_context` is given (its checks apply to
-        `server_hostname`, by default `host`), and read the greeting."""
-        sock = socket.create_connection((host, port), timeout=timeout)
+        `server_hostname`, by default `host`), and read the greeting.
+
+        `connect_timeout` (default `timeout`) bounds the connection and the TLS handshake;
+        `timeout` bounds each wait for the server after that."""
+        sock = socket.create_connection((host, port), timeout=connect_timeout or timeout)
         if ssl_context is not None:
             try:
                 sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname or host)
@@ -464,7 +480,7 @@ class Client(_Wrapper):
         self.retr_to(out)
         return out.getvalue()
 
-    def retr_to(self, fileobj: BinaryIO) -> int:
+    def retr_to(self, fileobj: Sink) -> int:
         """Write the current message to fileobj chunk by chunk; return its size."""
         line, total = self.protocol.retr(), 0
         with self._guard():
@@ -474,6 +490,15 @@ class Client(_Wrapper):
                 fileobj.write(data)
                 total += len(data)
         return total
+
+    def unsolicited(self) -> bool:
+        """Octets (or the end of the stream) arrived that no command asked for yet: after RETR,
+        a sign that the server sent more than the message it announced. Does not block."""
+        if self.protocol.buffered:
+            return True
+        if isinstance(self._sock, ssl.SSLSocket) and self._sock.pending():
+            return True
+        return bool(select.select([self._sock], [], [], 0)[0])
 
     def acks(self) -> int:
         return self._call(self.protocol.acks(), Length).c
