@@ -33,7 +33,6 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	sh scripts/install-test-deps.sh
 	$(BIN)/python bench/run.py
-	$(BIN)/python bench/imap.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,218 +1,366 @@
-"""Benchmarks: POP2 throughput and server memory, gateway against reading the store directly.
+"""`make bench`: scenarios S1-S5, pop2gate against reading its backend directly, in one run.
 
-Run with `make bench` (or `.venv/bin/python bench/run.py --help`). Prints a Markdown
-report; docs/benchmarks.md keeps one with the command that produced it. Everything runs
-on loopback, in a temporary directory, and stops by itself.
+Starts its own private Dovecot (tests/dovecot.py, with POP3 added), loads deterministic
+corpora, runs each scenario with the gateway and the direct client interleaved, checks
+every message's sha256 on both sides before any figure is kept, and writes the report
+(docs/benchmarks.md by default): machine, command, date, the figures against the targets,
+then bench/notes.md (what limits each figure, what was tried). Stops by itself; progress
+goes to stderr. `--smoke` runs the same code on tiny corpora in seconds (the test suite
+does, so the harness never rots).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import datetime
 import os
 import platform
-import pwd
-import signal
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from pop2gate.pop2.client import AsyncClient, Client
-from pop2gate.stores.maildir import make_maildir
-from pop2gate.stores.maildir.users import set_password
-from pop2gate.stores.wireform import CrlfEncoder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import PASSWORD, BenchDovecot, Corpus, Gateway, Job, Load, digests, maildir_gateway, run_load  # noqa: E402
 
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+HERE = Path(__file__).resolve().parent
+KB, MB = 1000, 1000 * 1000
 
 
-def message(size: int, n: int) -> bytes:
-    line = b"0123456789 the quick brown fox jumps over the lazy dog %06d\n" % n
-    head = b"From: bench@localhost\nSubject: message %d\n\n" % n
-    return head + line * max(1, (size - len(head)) // len(line))
+@dataclass(frozen=True)
+class Sizes:
+    """Every corpus and count of one run (full, or --smoke)."""
+
+    reps: int
+    s1_small: Corpus
+    s1_big: Corpus
+    s2_counts: tuple[int, ...]
+    s2_corpus: Corpus
+    s3_corpus: Corpus
+    s4_clients: int
+    s4_cycles: int
+    s5_one: Corpus
+    s5_sessions: int
+    s5_corpus: Corpus
+    servers_corpus: Corpus
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+FULL = Sizes(
+    reps=5,
+    s1_small=Corpus(((200, 10 * KB),)), s1_big=Corpus(((20, MB),)),
+    s2_counts=(200, 500, 1000), s2_corpus=Corpus(((20, 10 * KB),)),
+    s3_corpus=Corpus(((1, 100 * MB),)),
+    s4_clients=50, s4_cycles=20,
+    s5_one=Corpus(((500, 50 * KB),)), s5_sessions=50, s5_corpus=Corpus(((20, 50 * KB),)),
+    servers_corpus=Corpus(((100, 10 * KB), (5, MB))),
+)
+SMOKE = Sizes(
+    reps=1,
+    s1_small=Corpus(((4, 10 * KB),)), s1_big=Corpus(((1, 300 * KB),)),
+    s2_counts=(4,), s2_corpus=Corpus(((2, 10 * KB),)),
+    s3_corpus=Corpus(((1, 2 * MB),)),
+    s4_clients=3, s4_cycles=2,
+    s5_one=Corpus(((5, 50 * KB),)), s5_sessions=3, s5_corpus=Corpus(((2, 50 * KB),)),
+    servers_corpus=Corpus(((3, 10 * KB), (1, 300 * KB))),
+)
 
 
-class Serve:
-    """`pop2gate serve` in a subprocess on a free loopback port; `backend` is TOML text."""
+def progress(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
-    def __init__(self, root: Path, backend: str, limits: str = ""):
-        self.port = free_port()
-        cfg = root / "bench.toml"
-        cfg.write_text(
-            f'[server]\nhostname = "bench"\nlisten = ["127.0.0.1:{self.port}"]\n'
-            f'user = "{pwd.getpwuid(os.getuid()).pw_name}"\n'  # serve the bench's own files as their owner
-            f"[limits]\nmax_connections = 1000\nmax_connections_per_address = 1000\nmax_prelogin_connections = 1000\n"
-            f"max_sessions_per_user = 1000\nmax_logins_per_address = 64\n{limits}"
-            f'{backend}[routing]\ndefault = "b"\n'
-        )
-        self.proc = subprocess.Popen([str(BIN / "pop2gate"), "serve", "-c", str(cfg), "--log-level", "warning"])
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+class Mismatch(SystemExit):
+    pass
+
+
+def checked(load: Load, expected: Sequence[list[str]], what: str) -> float:
+    """The load's seconds, once every session got exactly the expected messages."""
+    if load.failures:
+        raise Mismatch(f"{what}: {len(load.failures)} sessions failed, first: {load.failures[0]}")
+    for got, want in zip(load.results, expected, strict=True):
+        if got != want:
+            raise Mismatch(f"{what}: the messages received differ from the corpus (sha256)")
+    return load.seconds
+
+
+def interleaved(reps: int, direct: Callable[[], float], gateway: Callable[[], float]) -> tuple[float, float]:
+    """Medians of `reps` runs each, the two sides alternating which goes first."""
+    d: list[float] = []
+    g: list[float] = []
+    for rep in range(reps):
+        for side in ((direct, d), (gateway, g)) if rep % 2 == 0 else ((gateway, g), (direct, d)):
+            side[1].append(side[0]())
+    return statistics.median(d), statistics.median(g)
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def mb(octets: float) -> str:
+    return f"{octets / (1 << 20):.0f} MB"
+
+
+class Bench:
+    def __init__(self, sizes: Sizes, root: Path, servers: Sequence[str], only: Sequence[str]) -> None:
+        self.only = only
+        self.z = sizes
+        self.root = root
+        self.servers = servers
+        self.rows: list[tuple[str, ...]] = []  # scenario, gateway, direct, ratio, target, met
+        self.server_rows: list[tuple[str, ...]] = []
+        self.details: list[str] = []
+
+    def row(self, name: str, gw: str, direct: str, ratio: str, target: str, met: bool | None) -> None:
+        verdict = "-" if met is None else ("met" if met else "**not met**")
+        self.rows.append((name, gw, direct, ratio, target, verdict))
+        progress(f"{name}: gateway {gw}, direct {direct}, {ratio} ({verdict})")
+
+    def run(self) -> None:
+        z = self.z
+        dc = BenchDovecot()
+        corpora = {"s1-mix": Corpus(z.s1_small.groups + z.s1_big.groups), "s1-small": z.s1_small,
+                   "s1-big": z.s1_big, "s3": z.s3_corpus, "s5-one": z.s5_one, "srv": z.servers_corpus}
+        corpora |= {f"s2-{i:04d}": z.s2_corpus for i in range(max(z.s2_counts))}
+        corpora |= {f"s4-{i:02d}": Corpus(((1, 10 * KB),)) for i in range(z.s4_clients)}
+        corpora |= {f"s5-{i:02d}": z.s5_corpus for i in range(z.s5_sessions)}
+        progress(f"private Dovecot, {len(corpora)} users")
+        dc.start_with(corpora)
+        self.expected = {user: digests(c.messages()) for user, c in corpora.items()}
+        try:
+            progress("warming Dovecot's indexes")
+            run_load([Job("imap-select", dc.port, u) for u in corpora], procs=2)
+            for name in ("S1", "S3", "S4", "S2", "S5", "servers"):
+                if name in self.only:
+                    getattr(self, name.lower().replace("servers", "per_server"))(dc)
+        finally:
+            dc.stop()
+
+    # S1: drain, one session
+    def s1(self, dc: BenchDovecot) -> None:
+        gw = Gateway.imap(self.root, "s1", dc.port)
+        try:
+            for user, label in (("s1-mix", "mix"), ("s1-small", "small only"), ("s1-big", "big only")):
+                d, g = self.drain_pair(dc.port, gw.port, user, self.z.reps)
+                target = {"mix": 0.8, "small only": 0.7, "big only": 0.8}[label]
+                count = len(self.expected[user])
+                self.row(f"S1 drain, {label} ({count} messages)", fmt_s(g), fmt_s(d),
+                         f"{d / g:.2f}", f">= {target}", d / g >= target)
+        finally:
+            gw.stop()
+
+    def drain_pair(self, direct_port: int, gw_port: int, user: str, reps: int,
+                   direct_kind: str = "imap", password: str = PASSWORD) -> tuple[float, float]:
+        """Median seconds of one session draining `user` directly, and through the gateway."""
+        want = [self.expected[user]]
+        return interleaved(
+            reps,
+            lambda: checked(run_load([Job(direct_kind, direct_port, user, password)]), want, f"{user} direct"),
+            lambda: checked(run_load([Job("pop2", gw_port, user, password)]), want, f"{user} gateway"))
+
+    # S2: many sessions at once
+    def s2(self, dc: BenchDovecot) -> None:
+        per = self.z.s2_corpus.count
+        for n in self.z.s2_counts:
+            users = [f"s2-{i:04d}" for i in range(n)]
+            want = [self.expected[u] for u in users]
+            progress(f"S2 {n} sessions: direct")
+            direct = checked(run_load([Job("imap", dc.port, u) for u in users]), want, f"S2 {n} direct")
+            gw = Gateway.imap(self.root, f"s2-{n}", dc.port)
             try:
-                socket.create_connection(("127.0.0.1", self.port), 1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.proc.kill()
-        raise SystemExit("server did not start")
+                rss0, cpu0 = gw.rss(), gw.cpu()
+                gw.reset_peak()
+                progress(f"S2 {n} sessions: gateway")
+                load = run_load([Job("pop2", gw.port, u) for u in users])
+                peak, cpu = gw.peak(), gw.cpu() - cpu0
+            finally:
+                gw.stop()
+            errors = len(load.failures)
+            if errors == 0:
+                checked(load, want, f"S2 {n} gateway")
+            ms_per_msg = cpu * 1000 / (n * per)
+            ratio = load.seconds / direct
+            met = None
+            if n == max(self.z.s2_counts):
+                met = errors == 0 and ratio <= 1.5 and peak <= 300 * (1 << 20) and ms_per_msg <= 0.3
+            self.row(f"S2 {n} sessions x {per} x 10 KB", f"{fmt_s(load.seconds)}, {errors} errors, "
+                     f"peak RSS {mb(peak)} (idle {mb(rss0)}), CPU {cpu:.1f} s = {ms_per_msg:.2f} ms/message",
+                     fmt_s(direct), f"time {ratio:.2f}x",
+                     "0 errors, time <= 1.5x, RSS <= 300 MB, CPU <= 0.3 ms/msg" if met is not None else "-", met)
+            if load.failures:
+                self.details.append(f"S2 {n}: first failure: {load.failures[0]}")
 
-    def stop(self) -> float:
-        """Stop it; return its peak RSS in MB."""
-        rss = peak_rss_mb(self.proc.pid)
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(20)
-        return rss
+    # S3: one large message
+    def s3(self, dc: BenchDovecot) -> None:
+        gw = Gateway.imap(self.root, "s3", dc.port)
+        try:
+            rss0 = gw.rss()
+            gw.reset_peak()
+            d, g = self.drain_pair(dc.port, gw.port, "s3", max(1, self.z.reps // 2))
+            growth = gw.peak() - rss0
+        finally:
+            gw.stop()
+        octets = self.z.s3_corpus.octets
+        self.row(f"S3 one {octets // MB} MB message", f"{octets / MB / g:.0f} MB/s, RSS +{mb(growth)}",
+                 f"{octets / MB / d:.0f} MB/s", f"{d / g:.2f}", ">= 0.8, RSS growth <= 32 MB",
+                 d / g >= 0.8 and growth <= 32 * (1 << 20))
+
+    # S4: login storm
+    def s4(self, dc: BenchDovecot) -> None:
+        z = self.z
+        users = [f"s4-{i:02d}" for i in range(z.s4_clients)]
+        cycles = z.s4_clients * z.s4_cycles
+        want: list[list[str]] = [[] for _ in users]
+        gw = Gateway.imap(self.root, "s4", dc.port)
+        try:
+            d, g = interleaved(
+                max(1, z.reps // 2),
+                lambda: checked(run_load([Job("imap-login", dc.port, u, cycles=z.s4_cycles) for u in users]),
+                                want, "S4 direct"),
+                lambda: checked(run_load([Job("pop2-login", gw.port, u, cycles=z.s4_cycles) for u in users]),
+                                want, "S4 gateway"))
+        finally:
+            gw.stop()
+        self.row(f"S4 login storm, {z.s4_clients} clients", f"{cycles / g:.0f} HELO+QUIT/s",
+                 f"{cycles / d:.0f} LOGIN+LOGOUT/s", f"{d / g:.2f}", ">= 0.9", d / g >= 0.9)
+
+    # S5: the Maildir store against Dovecot's POP3 server, same files
+    def s5(self, dc: BenchDovecot) -> None:
+        z = self.z
+        many = [f"s5-{i:02d}" for i in range(z.s5_sessions)]
+        gw = maildir_gateway(self.root, dc, ["s5-one", *many])
+        try:
+            d, g = self.drain_pair(dc.pop3_port, gw.port, "s5-one", max(1, z.reps // 2), "pop3")
+            self.row(f"S5 Maildir, {z.s5_one.count} x 50 KB, one session", fmt_s(g), fmt_s(d) + " (Dovecot POP3)",
+                     f"{d / g:.2f}", ">= 0.8", d / g >= 0.8)
+            want = [self.expected[u] for u in many]
+            d, g = interleaved(
+                max(1, z.reps // 2),
+                lambda: checked(run_load([Job("pop3", dc.pop3_port, u) for u in many]), want, "S5 direct"),
+                lambda: checked(run_load([Job("pop2", gw.port, u) for u in many]), want, "S5 gateway"))
+            self.row(f"S5 Maildir, {z.s5_sessions} sessions x {z.s5_corpus.count} x 50 KB", fmt_s(g),
+                     fmt_s(d) + " (Dovecot POP3)", f"{d / g:.2f}", ">= 0.8", d / g >= 0.8)
+        finally:
+            gw.stop()
+
+    # S1 mix on every IMAP server the tests have
+    def per_server(self, dc: BenchDovecot) -> None:
+        reps = max(1, self.z.reps // 2 + 1)
+        gw = Gateway.imap(self.root, "srv-dovecot", dc.port)
+        try:
+            d, g = self.drain_pair(dc.port, gw.port, "srv", reps)
+        finally:
+            gw.stop()
+        self.server_rows.append(("Dovecot 2.3", fmt_s(g), fmt_s(d), f"{d / g:.2f}"))
+        for name in self.servers:
+            server, user = start_server(name)
+            try:
+                fill(server, user, self.z.servers_corpus)
+                self.expected[user] = self.expected["srv"]
+                gw = Gateway.imap(self.root, f"srv-{name}", server.port)
+                try:
+                    d, g = self.drain_pair(server.port, gw.port, user, reps, password=password(name))
+                finally:
+                    gw.stop()
+            finally:
+                server.stop()
+            self.server_rows.append((SERVER_NAMES[name], fmt_s(g), fmt_s(d), f"{d / g:.2f}"))
+            progress(f"S1 on {name}: {d / g:.2f}")
 
 
-class Server(Serve):
-    """Over a Maildir store with `users` users (password "pw")."""
-
-    def __init__(self, root: Path, users: list[str], chunk: int):
-        self.mail, users_file = root / "mail", root / "users"
-        root.mkdir(parents=True, exist_ok=True)
-        for u in users:
-            set_password(users_file, u, "pw")
-        backend = f'[[backend]]\nname = "b"\ntype = "maildir"\npath = "{self.mail}"\nusers_file = "{users_file}"\n'
-        super().__init__(root, backend, f"retr_chunk_size = {chunk}\n")
+SERVER_NAMES = {"cyrus-unix": "Cyrus 3.6, '/' layout", "cyrus-debian": "Cyrus 3.6, '.' layout",
+                "courier": "Courier-IMAP 5"}
 
 
-def fill(home: Path, count: int, size: int) -> int:
-    make_maildir(home)
-    total = 0
-    for n in range(count):
-        data = message(size, n)
-        (home / "new" / f"{1700000000 + n}.M{n}.bench").write_bytes(data)
-        total += len(data)
-    return total
+def start_server(name: str):  # type: ignore[no-untyped-def]
+    if name == "courier":
+        from courier import Courier
+        return Courier().start(), "alice"
+    from cyrus import Cyrus
+    return Cyrus(name.split("-")[1]).start(), "alice"
 
 
-def direct_read(home: Path) -> int:
-    """The baseline: read and CRLF-convert every file in this process."""
-    total = 0
-    for f in sorted(p for sub in ("new", "cur") for p in (home / sub).iterdir()):
-        enc = CrlfEncoder()
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                total += len(enc.feed(chunk))
-        total += len(enc.finish())
-    return total
+def password(name: str) -> str:
+    if name == "courier":
+        from dovecot import USERS
+        return USERS["alice"]
+    from cyrus import USERS as CYRUS_USERS
+    return CYRUS_USERS["alice"]
 
 
-def drain(port: int, user: str, sink) -> int:
-    with Client.connect("127.0.0.1", port, timeout=120) as c:
-        count = c.helo(user, "pw")
-        total = 0
-        for n in range(1, count + 1):
-            c.read(n)
-            total += c.retr_to(sink)
-            c.acks()
-        c.quit()
-    return total
+def fill(server, user: str, corpus: Corpus) -> None:  # type: ignore[no-untyped-def]
+    c = server.imap(user)
+    try:
+        for data in corpus.messages():
+            c.literal = data
+            typ, dat = c._simple_command("APPEND", "INBOX", "()")
+            assert typ == "OK", dat
+    finally:
+        c.logout()
 
 
-class Null:
-    def write(self, b: bytes) -> int:
-        return len(b)
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    dovecot = subprocess.run(["/usr/sbin/dovecot", "--version"], capture_output=True, text=True).stdout.strip()
+    return (f"{os.cpu_count()} cores ({cpu}), {mem // 1024} GB RAM, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, Dovecot {dovecot}; load average at the start "
+            f"{os.getloadavg()[0]:.2f}")
 
 
-async def drain_async(port: int, user: str) -> int:
-    c = await AsyncClient.connect("127.0.0.1", port, timeout=300)
-    count = await c.helo(user, "pw")
-    total = 0
-    for n in range(1, count + 1):
-        await c.read(n)
-        total += await c.retr_to(Null())
-        await c.acks()
-    await c.quit()
-    return total
-
-
-def timed(fn, *args):
-    start = time.perf_counter()
-    result = fn(*args)
-    return result, time.perf_counter() - start
+def report(bench: Bench, command: str, started: str, elapsed: float) -> str:
+    out = ["# Benchmarks", "",
+           "Generated by `make bench` (bench/run.py); do not edit by hand: the text after the tables",
+           "comes from bench/notes.md.", "",
+           f"- Date: {started} UTC, {elapsed / 60:.1f} minutes",
+           f"- Command: `{command}`",
+           f"- Machine: {machine()}",
+           "- Everything on loopback. Ratios are throughput ratios (direct time / gateway time, so",
+           "  1.0 is as fast as reading the backend directly) from medians of runs interleaved with",
+           "  the direct ones in this one invocation; absolute figures vary between runs and machines.",
+           "- Every figure counts only after each session received exactly the corpus (sha256 of",
+           "  every message, gateway and direct alike).", "",
+           "## Against the targets", "",
+           "| scenario | pop2gate | direct | ratio | target | |", "|---|---|---|---|---|---|"]
+    out += ["| " + " | ".join(r) + " |" for r in sorted(bench.rows, key=lambda r: r[0][:2])]
+    out += ["", "## S1 drain per IMAP server", "",
+            f"Corpus: {bench.z.servers_corpus.count} messages "
+            f"({' + '.join(f'{c} x {s // KB} KB' for c, s in bench.z.servers_corpus.groups)}), "
+            "one session each side, medians.", "",
+            "| server | pop2gate | direct imaplib | throughput ratio |", "|---|---|---|---|"]
+    out += ["| " + " | ".join(r) + " |" for r in bench.server_rows]
+    if bench.details:
+        out += ["", *bench.details]
+    out += ["", (HERE / "notes.md").read_text().rstrip(), ""]
+    return "\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--messages", type=int, default=500, help="messages in the many-messages mailbox")
-    ap.add_argument("--size", type=int, default=50_000, help="octets per message there")
-    ap.add_argument("--big-mb", type=int, default=100, help="size of the one large message, MB")
-    ap.add_argument("--sessions", type=int, default=50, help="concurrent sessions")
-    ap.add_argument("--per-session", type=int, default=20, help="messages per concurrent session")
-    ap.add_argument("--chunk", type=int, default=65536, help="server retr_chunk_size")
+    ap.add_argument("--smoke", action="store_true", help="tiny corpora, one repetition: seconds, for the tests")
+    ap.add_argument("--out", type=Path, default=HERE.parent / "docs" / "benchmarks.md", help="report file")
+    ap.add_argument("--servers", default="cyrus-unix,cyrus-debian,courier",
+                    help="other IMAP servers for the per-server S1 (comma-separated; empty for none)")
+    ap.add_argument("--only", default="S1,S2,S3,S4,S5,servers",
+                    help="scenarios to run (comma-separated), for work on one of them")
     args = ap.parse_args()
-    rows = []
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
+    t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pop2gate-bench-") as tmp:
-        root = Path(tmp)
-
-        # 1. many messages, one client: gateway vs direct read of the same files
-        srv = Server(root / "a", ["many"], args.chunk)
-        home = srv.mail / "many"
-        fill(home, args.messages, args.size)
-        direct_read(home)  # warm the page cache for both
-        direct, t_direct = timed(direct_read, home)
-        got, t_gw = timed(drain, srv.port, "many", Null())
-        assert got == direct, (got, direct)
-        rss = srv.stop()
-        mb = got / 1e6
-        rows.append((f"{args.messages} x {args.size // 1000} kB, one session", f"{mb / t_gw:.0f} MB/s",
-                     f"{mb / t_direct:.0f} MB/s", f"{t_gw / t_direct:.1f}x", f"{rss:.0f} MB",
-                     f"{args.messages / t_gw:.0f} msg/s"))
-
-        # 2. one large message: memory must not grow with message size
-        srv = Server(root / "b", ["big"], args.chunk)
-        home = srv.mail / "big"
-        idle = peak_rss_mb(srv.proc.pid)
-        fill(home, 1, args.big_mb * 1_000_000)
-        direct, t_direct = timed(direct_read, home)
-        got, t_gw = timed(drain, srv.port, "big", Null())
-        assert got == direct
-        rss = srv.stop()
-        rows.append((f"one {args.big_mb} MB message", f"{got / 1e6 / t_gw:.0f} MB/s",
-                     f"{direct / 1e6 / t_direct:.0f} MB/s", f"{t_gw / t_direct:.1f}x",
-                     f"{rss:.0f} MB (idle {idle:.0f} MB)", "-"))
-
-        # 3. concurrent sessions, one user each
-        users = [f"u{i}" for i in range(args.sessions)]
-        srv = Server(root / "c", users, args.chunk)
-        for u in users:
-            fill(srv.mail / u, args.per_session, args.size)
-
-        async def all_sessions():
-            return sum(await asyncio.gather(*(drain_async(srv.port, u) for u in users)))
-
-        got, t_gw = timed(asyncio.run, all_sessions())
-        direct, t_direct = timed(lambda: sum(direct_read(srv.mail / u) for u in users))
-        assert got == direct
-        rss = srv.stop()
-        rows.append((f"{args.sessions} concurrent sessions x {args.per_session} x {args.size // 1000} kB",
-                     f"{got / 1e6 / t_gw:.0f} MB/s", f"{direct / 1e6 / t_direct:.0f} MB/s",
-                     f"{t_gw / t_direct:.1f}x", f"{rss:.0f} MB",
-                     f"{args.sessions * args.per_session / t_gw:.0f} msg/s"))
-
-    print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"command: `{' '.join(['bench/run.py'] + sys.argv[1:])}`\n")
-    print("| scenario | through pop2gate | direct file read | gateway time / direct time "
-          "| server peak RSS | messages |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+        bench = Bench(SMOKE if args.smoke else FULL, Path(tmp),
+                      [s for s in args.servers.split(",") if s], args.only.split(","))
+        bench.run()
+    command = " ".join(["bench/run.py", *sys.argv[1:]])
+    args.out.write_text(report(bench, command, started, time.monotonic() - t0))
+    progress(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

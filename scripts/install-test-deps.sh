@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the system packages the test suite needs (Debian): Dovecot for the
-# real IMAP backend, openssl for the test CA, Debian's python3 with venv for the
-# privilege-drop tests, socat, xinetd and haproxy for the
+# real IMAP backend (and its POP3 server, for the benchmark), Cyrus and Courier
+# unpacked beside it (they conflict with it), openssl for the test CAs, Debian's
+# python3 with venv for the privilege-drop tests, socat, xinetd and haproxy for the
 # inetd and scale-out tests, systemd-analyze for contrib/. With "venv": only python3-venv.
 set -eu
 courier=""
@@ -11,6 +12,8 @@ if [ "${1:-}" = "venv" ]; then
 else
     pkgs=""
     [ -x /usr/sbin/dovecot ] || pkgs="$pkgs dovecot-imapd"
+    # Dovecot's own POP3 server: the peer of the Maildir store in `make bench` (S5)
+    [ -x /usr/lib/dovecot/pop3 ] || pkgs="$pkgs dovecot-pop3d"
     command -v openssl >/dev/null 2>&1 || pkgs="$pkgs openssl"
     # privilege-drop tests run pop2gate from a venv of Debian's python3, outside /root
     /usr/bin/python3 -c "import ensurepip" 2>/dev/null || pkgs="$pkgs python3 python3-venv"
@@ -27,8 +30,11 @@ else
         pkgs="$pkgs courier-base courier-authlib courier-authlib-userdb libcourier-unicode4 libgamin0 libgdbm6 libidn12"
     [ -x /opt/pop2gate-test/courier/usr/bin/imapd ] || courier=/opt/pop2gate-test/courier
     # Cyrus (tests/cyrus.py) conflicts with dovecot-imapd too: same way, into its own root (below)
-    [ -x /opt/pop2gate-test/cyrus/usr/lib/cyrus/bin/master ] && [ -x /usr/sbin/saslpasswd2 ] ||
-        cyrus=/opt/pop2gate-test/cyrus
+    # (again when a shared library of its programs is missing: ldd says "not found")
+    cy=/opt/pop2gate-test/cyrus
+    { [ -x $cy/usr/lib/cyrus/bin/master ] && [ -x /usr/sbin/saslpasswd2 ] &&
+        ! LD_LIBRARY_PATH=$(echo $cy/usr/lib/*-linux-gnu | tr ' ' ':') ldd $cy/usr/lib/cyrus/bin/* 2>/dev/null |
+            grep -q "not found"; } || cyrus=$cy
 fi
 [ -n "$pkgs$courier$cyrus" ] || exit 0
 if [ "$(id -u)" -ne 0 ]; then

@@ -124,3 +124,68 @@ def oauth_dovecot(oauth_server):
         yield server
     finally:
         server.stop()
+
+
+# --- Cyrus (both layouts) and Courier, and all four layouts behind one interface -------------
+
+@pytest.fixture(scope="session")
+def cyrus_unix():
+    """A private Cyrus, '/' separator with altnamespace (tests/cyrus.py)."""
+    from cyrus import Cyrus
+
+    server = Cyrus(layout="unix").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def cyrus_debian():
+    """A private Cyrus in Debian's default layout: '.' separator, folders under INBOX."""
+    from cyrus import Cyrus
+
+    server = Cyrus(layout="debian").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def courier():
+    """A private Courier-IMAP (tests/courier.py)."""
+    from courier import Courier
+
+    server = Courier().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session", params=["dovecot", "cyrus-unix", "cyrus-debian", "courier"])
+def imap_server(request):
+    """Each IMAP server layout in turn (tests/backends.py), started once for the whole run;
+    a test that needs one fails (never skips) when it cannot start."""
+    from backends import ImapServer
+
+    layout = request.param
+    if layout == "dovecot":
+        import dovecot
+
+        dc = request.getfixturevalue("dovecot")
+        return ImapServer(layout, dovecot.HOST, dc.port, dict(dovecot.USERS), dc.imap, "", ".", dovecot.MASTER,
+                          log=dc.log)
+    if layout.startswith("cyrus"):
+        import cyrus
+
+        cy = request.getfixturevalue(layout.replace("-", "_"))
+        return ImapServer(layout, cyrus.HOST, cy.port, dict(cyrus.USERS), cy.imap,
+                          "" if cy.layout == "unix" else "INBOX.", cy.sep, cyrus.PROXY)
+    import courier as courier_mod
+
+    co = request.getfixturevalue("courier")
+    # Courier as Debian sets it up: AUTH=PLAIN only after STARTTLS
+    return ImapServer(layout, courier_mod.HOST, co.port, dict(courier_mod.USERS), co.imap, "INBOX.", ".", None,
+                      ca_file=str(co.ca_file), log=co.log)

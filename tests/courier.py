@@ -5,7 +5,8 @@ installs only its dependencies and unpacks the package into COURIER_ROOT. Courie
 paths (/etc/courier, /run/courier) are compiled in, so the server runs as root in a
 private mount namespace (`unshare -m`) with this instance's directories bind-mounted
 over them: authdaemond, then couriertcpd -> imaplogin -> imapd on 127.0.0.1.
-Plain LOGIN only (Courier offers AUTH=PLAIN only after STARTTLS); folders are `INBOX.x`.
+STARTTLS with a test CA's certificate (`ca_file`), after which Courier offers AUTH=PLAIN
+(before it, plain LOGIN only); folders are `INBOX.x`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from dovecot import HOST, USERS, Dovecot, _mail_uid, free_port
+from dovecot import HOST, USERS, Dovecot, _mail_uid, free_port, make_ca
 from imapserver import stop_group, wait_for_imap
 
 COURIER_ROOT = Path("/opt/pop2gate-test/courier")
 IMAPD = COURIER_ROOT / "usr/bin/imapd"
 IMAPLOGIN = COURIER_ROOT / "usr/lib/courier/courier/imaplogin"
+MAILDIRMAKE = "/usr/bin/maildirmake.courier"  # /usr/bin/maildirmake may be Dovecot's
 AUTHDAEMOND = "/usr/lib/courier/courier-authlib/authdaemond"
-NEEDED = (IMAPD, IMAPLOGIN, Path(AUTHDAEMOND), Path("/usr/sbin/couriertcpd"), Path("/usr/bin/maildirmake"))
+NEEDED = (IMAPD, IMAPLOGIN, Path(AUTHDAEMOND), Path("/usr/sbin/couriertcpd"), Path(MAILDIRMAKE),
+          Path("/usr/bin/couriertls"))
 
 # What imapd reads from its environment (Debian's /etc/courier/imapd, trimmed).
 IMAPD_ENV = {
@@ -41,6 +44,14 @@ IMAPD_ENV = {
     "IMAP_SHAREDINDEXFILE": "/etc/courier/shared/index",
     "HEADERFROM": "X-IMAP-Sender",
     "SENDMAIL": "/bin/false",
+    # STARTTLS as Debian sets it up (/etc/courier/imapd-ssl): AUTH=PLAIN only after it
+    "IMAP_STARTTLS": "YES",
+    "IMAP_TLS_REQUIRED": "0",
+    "IMAP_CAPABILITY_TLS": "IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT THREAD=REFERENCES SORT QUOTA "
+                           "IDLE AUTH=PLAIN",
+    "COURIERTLS": "/usr/bin/couriertls",
+    "TLS_CERTFILE": "/etc/courier/imapd.pem",
+    "TLS_VERIFYPEER": "NONE",
 }
 
 AUTHDAEMONRC = """\
@@ -77,6 +88,7 @@ class Courier:
         self.root = Path(tempfile.mkdtemp(prefix="p2g-courier-"))
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.ca_file = self.root / "tls" / "ca.pem"
 
     def start(self) -> Courier:
         missing = [str(p) for p in NEEDED if not os.access(p, os.X_OK)]
@@ -94,12 +106,18 @@ class Courier:
         etc = self.root / "etc"
         (etc / "shared").mkdir(parents=True)
         (etc / "authdaemonrc").write_text(AUTHDAEMONRC)
+        tls = self.root / "tls"
+        tls.mkdir()
+        make_ca(tls)
+        pem = etc / "imapd.pem"
+        pem.write_bytes((tls / "server.key").read_bytes() + (tls / "server.pem").read_bytes())
+        pem.chmod(0o644)  # a test key: imaplogin runs couriertls as an unprivileged user
         (self.root / "run" / "authdaemon").mkdir(parents=True, mode=0o750)
         lines = []
         for user, password in USERS.items():
             home = self.root / "home" / user
             home.mkdir(parents=True)
-            subprocess.run(["maildirmake", str(home / "Maildir")], check=True, capture_output=True)
+            subprocess.run([MAILDIRMAKE, str(home / "Maildir")], check=True, capture_output=True)
             for path in [home, *home.rglob("*")]:
                 os.chown(path, uid, gid)
             crypted = _userdbpw(password)

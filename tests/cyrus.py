@@ -28,6 +28,8 @@ LIBS = ":".join(str(p) for p in CYRUS_ROOT.glob("usr/lib/*-linux-gnu"))  # libcy
 SASLPASSWD = "/usr/sbin/saslpasswd2"
 USERS = {"alice": "alice-pw", "bob": "b o b pw"}
 ADMIN = ("cyradmin", "admin-pw")
+# The gateway's master user (`HELO user*pop2gw`), in proxyservers: it may act as any user.
+PROXY = ("pop2gw", "proxy-pw")
 RUN_AS = "nobody"
 LAYOUTS = {"unix": ("yes", "yes", "/"), "debian": ("no", "no", ".")}
 
@@ -37,6 +39,7 @@ defaultpartition: default
 partition-default: {root}/part
 cyrus_user: {run_as}
 admins: {admin}
+proxyservers: {proxy}
 sasl_pwcheck_method: auxprop
 sasl_auxprop_plugin: sasldb
 sasl_sasldb_path: {root}/sasldb2
@@ -106,11 +109,12 @@ class Cyrus:
         for sub in ("conf/socket", "conf/proc", "conf/db", "part"):
             (self.root / sub).mkdir(parents=True)
         (self.root / "imapd.conf").write_text(IMAPD_CONF.format(
-            root=self.root, run_as=RUN_AS, admin=ADMIN[0], unixsep=unixsep, altns=altns, port=self.port))
+            root=self.root, run_as=RUN_AS, admin=ADMIN[0], proxy=PROXY[0], unixsep=unixsep, altns=altns,
+            port=self.port))
         (self.root / "cyrus.conf").write_text(CYRUS_CONF.format(
             bin=BIN, root=self.root, host=HOST, port=self.port))
         sasldb = self.root / "sasldb2"
-        for user, password in [*USERS.items(), ADMIN]:
+        for user, password in [*USERS.items(), ADMIN, PROXY]:
             subprocess.run([SASLPASSWD, "-f", str(sasldb), "-c", "-p", user],
                            input=password.encode(), check=True, capture_output=True)
         pw = pwd.getpwnam(RUN_AS)
@@ -142,7 +146,7 @@ class Cyrus:
 
     def imap(self, user: str) -> imaplib.IMAP4:
         c = imaplib.IMAP4(HOST, self.port, timeout=10)
-        c.login(user, ADMIN[1] if user == ADMIN[0] else USERS[user])
+        c.login(user, {**USERS, ADMIN[0]: ADMIN[1], PROXY[0]: PROXY[1]}[user])
         return c
 
     def _admin(self, *args: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import imaplib
-from collections.abc import Iterator
 
 import pytest
 
@@ -12,14 +11,11 @@ from cyrus import HOST, USERS, Cyrus
 MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\nline one\r\n.dot line\r\n\r\n"
 
 
-@pytest.fixture(scope="session", params=["unix", "debian"])
-def cyrus(request: pytest.FixtureRequest) -> Iterator[Cyrus]:
-    """A running private Cyrus per layout; a test that needs it fails (never skips) without it."""
-    server = Cyrus(layout=request.param).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+@pytest.fixture(params=["unix", "debian"])
+def cyrus(request: pytest.FixtureRequest) -> Cyrus:
+    """The session's private Cyrus in each layout (conftest); fails (never skips) without it."""
+    server: Cyrus = request.getfixturevalue(f"cyrus_{request.param}")
+    return server
 
 
 def test_user_logs_in_on_loopback(cyrus: Cyrus) -> None:

@@ -13,7 +13,15 @@ from pop2gate.config import Config, ConfigError, Limits, Routing, ServerSettings
 from pop2gate.pop2 import client
 from pop2gate.pop2.server import NEED_DATA, ProtocolViolation, ServerProtocol, State
 from pop2gate.pop2.wire import MAX_LINE, MAX_REPLY_LINE, Word
-from pop2gate.stores.imap.wire import ParseError, fetch_by_uid, list_delimiter, quotable, quote, uid_set
+from pop2gate.stores.imap.wire import (
+    ParseError,
+    fetch_by_uid,
+    list_delimiter,
+    personal_namespace,
+    quotable,
+    quote,
+    uid_set,
+)
 from pop2gate.stores.registry import BACKENDS
 from pop2gate.stores.wireform import CrlfEncoder
 
@@ -401,6 +409,20 @@ def test_any_fetch_pieces_parse_or_raise_parse_error(pieces):
 def test_list_lines_parse_or_raise_parse_error(line):
     got = parsed_or_parse_error(list_delimiter, line)
     assert got is ParseError or got is None or (isinstance(got, str) and len(got) == 1)
+
+
+_ns_string = st.one_of(st.binary(max_size=4).map(lambda b: b'"' + b + b'"'), st.just(b"NIL"))
+_ns_one = st.tuples(_ns_string, _ns_string).map(lambda t: b"(" + b" ".join(t) + b")")
+_ns_list = st.one_of(st.just(b"NIL"),
+                     st.lists(_ns_one, min_size=1, max_size=2).map(lambda x: b"(" + b"".join(x) + b")"))
+
+
+@fuzz(200)
+@given(st.one_of(st.binary(max_size=200), damage, st.lists(_ns_list, min_size=2, max_size=4).map(b" ".join)))
+def test_namespace_lines_parse_or_raise_parse_error(line):
+    got = parsed_or_parse_error(personal_namespace, line)
+    assert got is ParseError or got is None or (
+        isinstance(got, tuple) and isinstance(got[0], str) and (got[1] is None or len(got[1]) == 1))
 
 
 @fuzz(200)

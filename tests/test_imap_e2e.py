@@ -1,4 +1,6 @@
-"""POP2 on the wire through pop2gate to a real Dovecot: bytes, deletion, routing, TLS, failures."""
+"""POP2 on the wire through pop2gate to a real Dovecot: large messages, routing, TLS, failures.
+
+What every IMAP server must do alike is in test_imap_servers.py, run against each."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from helpers import ScriptConn, ScriptedServer
 from pop2gate.config import parse_config
 from pop2gate.gateway.listeners import Gateway
 from pop2gate.pop2.client import AsyncClient, Pop2Error
-from pop2gate.stores.folders import encode_mutf7
 
 EDGE = [
     b"Subject: dots\r\n\r\n.\r\n..\r\n.leading dot\r\n. \r\nend\r\n",
@@ -134,41 +135,6 @@ async def test_drain_mailbox_byte_for_byte(dovecot, gate, tls):
     assert not set(uids) & set(left)
 
 
-async def test_drop_after_ackd_deletes_nothing(dovecot, gate):
-    dovecot.clear("alice")
-    uids = [dovecot.append("alice", f"Subject: {i}\r\n\r\nbody\r\n".encode()) for i in range(3)]
-    g = await gate()
-    c = await g.client()
-    assert await c.helo("alice", USERS["alice"]) == 3
-    for n in (1, 2):
-        await c.read(n)
-        await c.retr()
-        await c.ackd()
-    await c.close()  # gone without QUIT
-    await g.idle()
-    assert_untouched(dovecot, "alice", uids)
-
-
-async def test_other_client_expunges_mid_session(dovecot, gate):
-    dovecot.clear("alice")
-    bodies = [f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode() for i in range(3)]
-    uids = [dovecot.append("alice", b) for b in bodies]
-    g = await gate()
-    c = await g.client()
-    assert await c.helo("alice", USERS["alice"]) == 3
-    other = dovecot.imap("alice")
-    other.select("INBOX")
-    other.uid("STORE", str(uids[0]), "+FLAGS.SILENT", r"(\Deleted)")
-    other.expunge()
-    other.logout()
-    assert await c.read(1) == 0  # gone: =0, nothing to send
-    assert await c.read(2) == len(bodies[1])
-    assert await c.retr() == bodies[1]
-    assert await c.ackd() == len(bodies[2])
-    await c.quit()
-    assert sorted(dovecot.uids("alice")) == [uids[2]]
-
-
 def hang_up(conn: ScriptConn) -> None:
     """A script for a listener that only counts connections (`ScriptedServer.connections`)."""
 
@@ -243,17 +209,6 @@ async def test_injection_attempts_are_harmless(dovecot, gate):
     await c.close()
     assert len(dovecot.uids("alice")) == 1
     assert len(dovecot.uids("alice", "Archive")) == 1
-
-
-async def test_fold_non_ascii_and_levels(dovecot, gate):
-    name = "Entw\u00fcrfe/2024"
-    dovecot.append("bob", b"Subject: d\r\n\r\ndraft\r\n", folder=encode_mutf7("Entw\u00fcrfe.2024"))
-    g = await gate()
-    c = await g.client()
-    await c.helo("bob", USERS["bob"])
-    assert await c.fold(name) == len(dovecot.uids("bob", encode_mutf7("Entw\u00fcrfe.2024")))
-    assert await c.read(1) > 0
-    await c.quit()
 
 
 @pytest.mark.parametrize("host,tls", [(OTHER_HOST, "implicit"), (OTHER_HOST, "starttls")])

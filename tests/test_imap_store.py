@@ -234,6 +234,19 @@ def test_imap_names():
     assert imap_name("Entw\u00fcrfe & Co/x", ".") == "Entw&APw-rfe &- Co.x"
 
 
+def test_imap_names_in_a_personal_namespace():
+    """Folders under `INBOX.` (Courier, Debian's Cyrus): POP2 names are the user's own names."""
+    assert imap_name("Archive", ".", "INBOX.") == "INBOX.Archive"
+    assert imap_name("Archive/2024", ".", "INBOX.") == "INBOX.Archive.2024"
+    assert imap_name("\u00dcbersicht", ".", "INBOX.") == "INBOX.&ANw-bersicht"
+    assert imap_name("INBOX", ".", "INBOX.") == "INBOX" and imap_name("inbox", ".", "INBOX.") == "INBOX"
+    assert imap_name("INBOX/Archive", ".", "INBOX.") == "INBOX.Archive"  # already carries the prefix
+    assert imap_name("inbox/Archive", ".", "INBOX.") == "INBOX.Archive"
+    assert imap_name("INBOXES", ".", "INBOX.") == "INBOX.INBOXES"
+    assert imap_name("INBOX.Archive", ".", "INBOX.") is None  # a level holding the delimiter
+    assert imap_name("Archive/2024", "/", "") == "Archive/2024"
+
+
 async def test_tls_implicit_and_starttls(dovecot):
     for tls, host in (("implicit", HOST), ("starttls", "localhost"), ("implicit", "localhost")):
         s = make_store(dovecot, tls=tls, host=host)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from pop2gate.stores.imap.wire import ParseError, fetch_by_uid, list_delimiter, quotable, quote, uid_set
+from pop2gate.stores.imap.wire import (
+    ParseError,
+    fetch_by_uid,
+    list_delimiter,
+    personal_namespace,
+    quotable,
+    quote,
+    uid_set,
+)
 
 
 def test_quote_and_uid_set():
@@ -48,6 +56,20 @@ def test_list_delimiter():
     assert list_delimiter(b'(\\Noselect) NIL ""') is None
     with pytest.raises(ParseError):
         list_delimiter(b'"." ""')
+
+
+def test_personal_namespace():
+    # Courier, and Cyrus in Debian's default layout
+    assert personal_namespace(b'(("INBOX." ".")) NIL (("#shared." "."))') == ("INBOX.", ".")
+    # Cyrus with altnamespace, Dovecot: no prefix
+    assert personal_namespace(b'(("" "/")) (("Other Users/" "/")) (("Shared Folders/" "/"))') == ("", "/")
+    assert personal_namespace(b'(("" NIL)) NIL NIL') == ("", None)  # flat
+    assert personal_namespace(b'(("~/Mail/" "/")("#mh/" "/")) NIL NIL') == ("~/Mail/", "/")  # the first one
+    assert personal_namespace(b"NIL NIL NIL") is None
+    for bad in [b'(("INBOX." ".")) NIL', b'("INBOX." ".") NIL NIL', b'(("INBOX.")) NIL NIL',
+                b'(("\xc3\x9c" ".")) NIL NIL', b'(("" "..")) NIL NIL', b"((INBOX .)) NIL NIL"]:
+        with pytest.raises(ParseError):
+            personal_namespace(bad)
 
 
 def test_fetch_reader_refuses_garbage():

@@ -128,6 +128,7 @@ class Limits(_Model):
     imap_command_timeout: float = Field(120, gt=0)
     imap_fetch_chunk: int = Field(1024 * 1024, ge=4096, le=64 * 1024 * 1024)
     imap_fetch_memory: int = Field(64 * 1024 * 1024, ge=4096)
+    imap_readahead: int = Field(256 * 1024, ge=0, le=64 * 1024 * 1024)
     imap_budget_timeout: float = Field(30, gt=0)
     imap_max_workers: int = Field(64, ge=2, le=4096)
     expunge_without_uidplus: bool = False

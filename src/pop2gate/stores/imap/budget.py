@@ -16,6 +16,7 @@ class ByteBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self.held = 0  # of `used`: read ahead, waiting in sessions to be sent
         self._waiters: list[asyncio.Future[None]] = []
 
     async def acquire(self, n: int, timeout: float) -> None:
@@ -31,6 +32,20 @@ class ByteBudget:
                     if fut in self._waiters:
                         self._waiters.remove(fut)
         self.used += n
+
+    def try_hold(self, n: int) -> bool:
+        """Take `n` octets for read-ahead when there is room now, never waiting. Read-ahead
+        may hold at most half the budget, so reads a client is waiting for always have room."""
+        if self.used + n > self.limit or self.held + n > self.limit // 2:
+            return False
+        self.used += n
+        self.held += n
+        return True
+
+    def unhold(self, n: int) -> None:
+        """Give back octets taken by `try_hold`."""
+        self.held -= n
+        self.release(n)
 
     def release(self, n: int) -> None:
         self.used -= min(n, self.limit)

@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import TypeVar
 
 from .config import TlsMode
-from .wire import FetchPiece, ParseError, fetch_by_uid, id_name, list_delimiter, quotable, quote, uid_set
+from .wire import (
+    FetchPiece,
+    ParseError,
+    fetch_by_uid,
+    id_name,
+    list_delimiter,
+    personal_namespace,
+    quotable,
+    quote,
+    uid_set,
+)
 
 # imaplib only sends commands it knows; ID (RFC 2971) is valid in every state.
 imaplib.Commands.setdefault("ID", ("NONAUTH", "AUTH", "SELECTED"))
@@ -283,17 +293,26 @@ class ImapConn:
 
     # Folders
 
-    def delimiter(self) -> str | None:
-        """The server's hierarchy delimiter (None: flat)."""
+    def layout(self) -> tuple[str, str | None]:
+        """(prefix, delimiter) of the user's folders: the personal namespace where the server
+        tells it (NAMESPACE, RFC 2342), else no prefix and the delimiter `LIST "" ""` gives
+        (None: flat)."""
 
-        def run() -> str | None:
+        def run() -> tuple[str, str | None]:
+            if "NAMESPACE" in self._imap.capabilities:
+                typ, _, _ = self._run("NAMESPACE")
+                lines = self._imap.untagged_responses.get("NAMESPACE", [])
+                if typ == "OK" and lines and isinstance(lines[-1], bytes):
+                    personal = personal_namespace(lines[-1])
+                    if personal is not None:
+                        return personal
             typ, _, _ = self._run("LIST", '""', '""')
             lines = self._imap.untagged_responses.get("LIST", [])
             if typ != "OK" or not lines or not isinstance(lines[-1], bytes):
-                return None
-            return list_delimiter(lines[-1])
+                return "", None
+            return "", list_delimiter(lines[-1])
 
-        return self._guarded("LIST", run)
+        return self._guarded("NAMESPACE", run)
 
     def select(self, name: str) -> int | None:
         """Select `name` (already in IMAP form); its EXISTS count, None when refused."""
@@ -367,6 +386,22 @@ class ImapConn:
             if body is not None and not isinstance(body, bytes):
                 raise ConnError("UID FETCH: unreadable body")
             return body
+
+        return self._guarded("UID FETCH", run)
+
+    def fetch_bodies(self, uids: Sequence[int]) -> dict[int, bytes]:
+        """`BODY.PEEK[]` of several messages in one `UID FETCH`; those gone are missing."""
+
+        def run() -> dict[int, bytes]:
+            typ, text, items = self._run("UID", "FETCH", uid_set(uids), "(BODY.PEEK[])")
+            if typ != "OK" and not _expunge_issued(typ, text):
+                raise ConnError(f"UID FETCH: {typ}")
+            out: dict[int, bytes] = {}
+            for uid, data in fetch_by_uid(items).items():
+                body = data.get("BODY[]")
+                if uid in uids and isinstance(body, bytes):
+                    out[uid] = body
+            return out
 
         return self._guarded("UID FETCH", run)
 

@@ -6,6 +6,9 @@ BODY.PEEK[] (never marking them seen) in pieces of `imap_fetch_chunk`; the bytes
 being read from the backends across all sessions are capped by `imap_fetch_memory`
 (`budget`). A piece that has arrived leaves the budget before the session writes it,
 so a client that stops reading holds one piece of its own, never the shared budget.
+Small messages are read ahead, many in one UID FETCH (`imap_readahead`); those bodies
+stay in the budget until sent, taken only when there is room at once and never more
+than half of it, so they cannot make a read that a client waits for wait.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ UNAVAILABLE = "Mail server unavailable"
 FAILED = "Mail server error"
 SIZE_MISMATCH = "Message size changed on server"
 NO_MEMORY = "No room in imap_fetch_memory"
+_READ_AHEAD_MESSAGES = 100  # messages in one read-ahead UID FETCH, at most
+_SEEN_BATCH = 100  # ACKS flags sent in one UID STORE, at most
 
 
 def split_master(login: str) -> tuple[str, str] | None:
@@ -47,9 +52,12 @@ def split_master(login: str) -> tuple[str, str] | None:
     return (user, admin) if sep else ("", user)
 
 
-def imap_name(folder: str, delimiter: str | None) -> str | None:
-    """The IMAP name of a POP2 folder name on a server with `delimiter` (None: flat),
-    None when it names no folder there."""
+def imap_name(folder: str, delimiter: str | None, prefix: str = "") -> str | None:
+    """The IMAP name of a POP2 folder name on a server with `delimiter` (None: flat) whose
+    personal namespace has `prefix` ("INBOX." on Courier), None when it names no folder there.
+
+    POP2 names are the user's own (`Archive/2024`): the prefix is added, unless the name
+    already carries it (`INBOX/Archive`). INBOX is INBOX in every layout."""
     if is_inbox(folder):
         return "INBOX"
     levels = folder.split(FOLDER_SEPARATOR)
@@ -57,7 +65,10 @@ def imap_name(folder: str, delimiter: str | None) -> str | None:
         return None
     if delimiter and any(delimiter in level for level in levels):
         return None  # a level holding the server's separator would name another folder
-    return encode_mutf7((delimiter or FOLDER_SEPARATOR).join(levels))
+    if is_inbox(levels[0]):
+        levels[0] = "INBOX"
+    name = encode_mutf7((delimiter or FOLDER_SEPARATOR).join(levels))
+    return name if name.startswith(prefix) else prefix + name
 
 
 # Servers whose SASL PLAIN login with an authorization identity opens that identity's mailbox
@@ -166,8 +177,11 @@ class ImapMailbox:
         self.folder: str | None = None
         self.sizes: dict[int, int] = {}  # UID -> RFC822.SIZE, fixed at select
         self.ended: dict[int, int] = {}  # UID -> octets with the last line ended (0: gone)
-        self._delimiter: str | None = None
-        self._delimiter_known = False
+        self._layout: tuple[str, str | None] | None = None  # (prefix, delimiter), asked once
+        self._ahead: dict[int, bytes] = {}  # UID -> body read ahead, held in the budget until sent
+        self._order: list[int] = []  # the snapshot's UIDs in order
+        self._position: dict[int, int] = {}  # UID -> its place in _order
+        self._seen: list[int] = []  # UIDs ACKS marked, their \Seen not yet sent
 
     async def _call(self, what: str, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         try:
@@ -178,13 +192,16 @@ class ImapMailbox:
 
     async def _imap_name(self, folder: str) -> str | None:
         """The IMAP name of a POP2 folder name, None when it cannot exist."""
-        if not is_inbox(folder) and not self._delimiter_known:
-            self._delimiter = await self._call("LIST", self.conn.delimiter)
-            self._delimiter_known = True
-        return imap_name(folder, self._delimiter)
+        if is_inbox(folder):
+            return "INBOX"
+        if self._layout is None:
+            self._layout = await self._call("NAMESPACE", self.conn.layout)
+        prefix, delimiter = self._layout
+        return imap_name(folder, delimiter, prefix)
 
     async def select(self, folder: str) -> list[MessageRef]:
-        self.folder, self.sizes, self.ended = None, {}, {}
+        await self._flush_seen()
+        self._reset()
         name = await self._imap_name(folder)
         if name is None:
             return []
@@ -194,54 +211,124 @@ class ImapMailbox:
         self.folder = name
         snap = await self._call("UID FETCH", self.conn.snapshot) if exists else []
         self.sizes = {uid: size for uid, size, _ in snap}
+        self._order = [uid for uid, _, _ in snap]
+        self._position = {uid: n for n, uid in enumerate(self._order)}
         return [MessageRef(str(uid), size, seen) for uid, size, seen in snap]
 
     def _uid(self, msg: MessageRef) -> int | None:
         uid = int(msg.id) if msg.id.isdigit() else None
         return uid if uid in self.sizes else None
 
-    async def _ended(self, uid: int, recheck: bool = False) -> int:
-        """The message's octets with its last line ended: RFC822.SIZE and its last two octets.
+    async def _ended(self, uid: int, confirm: bool = True) -> int:
+        """The message's octets with its last line ended: RFC822.SIZE and its last two octets
+        (from the body when it was read ahead). 0 for a message another client removed.
 
-        0 for a message another client removed: the EXPUNGE responses the server sends with
-        any command are noted, announcing a message again (`recheck`: READ, NACK) asks with a
-        NOOP first (its count would otherwise be the old one), and a size whose last octets do not come
-        back in full is not confirmed, so never announced."""
-        if recheck and uid in self.ended:
+        Each announcement, and RETR of a message read ahead (`confirm`), asks with a NOOP
+        first, so the EXPUNGE responses the server sends are known (`conn.gone`): Cyrus and
+        Courier still serve a removed message's octets, and a count already known would be
+        the old one. A size whose last octets do not come back in full is not confirmed, so
+        never announced."""
+        if confirm:
             await self._call("NOOP", self.conn.noop)
+        if uid not in self.ended and uid not in self.conn.gone:
+            await self._learn(uid)
         if uid in self.conn.gone:
+            self._forget(uid)
             self.ended[uid] = 0
-        elif uid not in self.ended:
-            size = self.sizes[uid]
-            if size == 0:
-                self.ended[uid] = 0
-            else:
-                want = min(size, 2)
-                tail = await self._call("UID FETCH", self.conn.fetch_body, uid, size - want, want)
-                if tail is not None and len(tail) != want:
-                    log.warning("backend %s: user %r: UID %d: RFC822.SIZE %d not confirmed by its last "
-                                "octets; read as no message", self.store.name, self.user, uid, size)
-                if tail is None or len(tail) != want or uid in self.conn.gone:
-                    self.ended[uid] = 0  # removed, or its size cannot be confirmed
-                else:
-                    self.ended[uid] = ended_size(size, tail)
         return self.ended[uid]
+
+    async def _learn(self, uid: int) -> None:
+        size = self.sizes[uid]
+        if size == 0:
+            self.ended[uid] = 0
+        elif not await self._read_ahead(uid):
+            want = min(size, 2)
+            tail = await self._call("UID FETCH", self.conn.fetch_body, uid, size - want, want)
+            self._confirm(uid, tail, want)
+
+    def _confirm(self, uid: int, got: bytes | None, want: int) -> bool:
+        """Note the ended size of `uid` from its last `want` octets as fetched (`got`: the
+        tail, or the whole body); 0 when it is gone or they do not add up."""
+        size = self.sizes[uid]
+        if got is not None and len(got) != want:
+            log.warning("backend %s: user %r: UID %d: RFC822.SIZE %d not confirmed by its last "
+                        "octets; read as no message", self.store.name, self.user, uid, size)
+        if got is None or len(got) != want or uid in self.conn.gone:
+            self.ended[uid] = 0  # removed, or its size cannot be confirmed
+            return False
+        self.ended[uid] = ended_size(size, got[-2:])
+        return True
+
+    async def _read_ahead(self, uid: int) -> bool:
+        """Read `uid` and the small messages after it in one `UID FETCH`, at most
+        `imap_readahead` octets, held in the shared budget until sent; False (nothing read)
+        when `uid` is not small or the budget has no room to spare right now."""
+        limit = self.store.limits.imap_readahead
+        batch: list[int] = []
+        total = 0
+        for next_uid in self._order[self._position.get(uid, len(self._order)):]:
+            size = self.sizes[next_uid]
+            if next_uid in self.ended or size == 0:
+                continue
+            if size * 2 > limit or total + size > limit or len(batch) == _READ_AHEAD_MESSAGES:
+                break
+            batch.append(next_uid)
+            total += size
+        if not batch or batch[0] != uid or not self.store.budget.try_hold(total):
+            return False
+        try:
+            await self._flush_seen()
+            bodies = await self._call("UID FETCH", self.conn.fetch_bodies, batch)
+        except BaseException:
+            self.store.budget.unhold(total)
+            raise
+        for n in batch:
+            body = bodies.get(n)
+            if (n == uid or body is not None) and self._confirm(n, body, self.sizes[n]):
+                assert body is not None
+                self._ahead[n] = body
+            else:
+                self.store.budget.unhold(self.sizes[n])
+        return True
+
+    def _forget(self, uid: int) -> None:
+        body = self._ahead.pop(uid, None)
+        if body is not None:
+            self.store.budget.unhold(len(body))
+
+    def _reset(self) -> None:
+        """Forget the folder: its snapshot, sizes and what was read ahead."""
+        for uid in list(self._ahead):
+            self._forget(uid)
+        self.folder, self.sizes, self.ended = None, {}, {}
 
     async def wire_size(self, msg: MessageRef) -> int:
         uid = self._uid(msg)
         if uid is None:
             return 0
-        return self.store.form.size(await self._ended(uid, recheck=True), msg.seen)
+        return self.store.form.size(await self._ended(uid), msg.seen)
 
     async def fetch(self, msg: MessageRef) -> AsyncGenerator[bytes, None]:
         uid = self._uid(msg)
-        ended = 0 if uid is None else await self._ended(uid)
+        ended = 0 if uid is None else await self._ended(uid, confirm=uid in self._ahead)
         if uid is None or ended == 0:
             raise StoreError("No such message")
+        enc = self.store.form.encoder(msg.seen, bare_lf=False)
+        piece = self.store.limits.retr_chunk_size  # what the session writes at a time
+        body = self._ahead.pop(uid, None)
+        if body is not None:
+            self.store.budget.unhold(len(body))
+            for i in range(0, len(body), piece):
+                out = enc.feed(body[i : i + piece])
+                if out:
+                    yield out
+            del body
+            out = enc.finish()
+            if out:
+                yield out
+            return
         size = self.sizes[uid]
         chunk = self.store.limits.imap_fetch_chunk
-        piece = self.store.limits.retr_chunk_size  # what the session writes at a time
-        enc = self.store.form.encoder(msg.seen, bare_lf=False)
         whole = size <= chunk
         offset, tail = 0, b""
         while offset < size:
@@ -288,17 +375,26 @@ class ImapMailbox:
         raise StoreError(SIZE_MISMATCH)
 
     async def mark_seen(self, msg: MessageRef) -> None:
+        """Note `msg` for `\\Seen`; the flags go out together, in one `UID STORE`, before the
+        next read-ahead, at every `_SEEN_BATCH` messages, and when the folder is left or
+        the session ends, cleanly or not."""
         uid = self._uid(msg)
-        if uid is None:
-            return
-        if self.conn.readonly:
+        if uid is None or self.conn.readonly:
             return  # nothing to record in a read-only folder
-        await self._call("UID STORE", self.conn.add_flag, [uid], "\\Seen")
+        self._seen.append(uid)
+        if len(self._seen) >= _SEEN_BATCH:
+            await self._flush_seen()
+
+    async def _flush_seen(self) -> None:
+        if self._seen:
+            uids, self._seen = self._seen, []
+            await self._call("UID STORE", self.conn.add_flag, uids, "\\Seen")
 
     async def release(self, deleted: Sequence[MessageRef]) -> None:
         uids = sorted({u for u in (self._uid(m) for m in deleted) if u is not None})
         folder = self.folder
-        self.folder, self.sizes, self.ended = None, {}, {}
+        await self._flush_seen()
+        self._reset()
         if not uids:
             return
         if self.conn.readonly:
@@ -320,7 +416,11 @@ class ImapMailbox:
                  self.store.name, self.user, len(uids), folder)
 
     async def close(self) -> None:
-        self.folder, self.sizes, self.ended = None, {}, {}
+        try:
+            await self._flush_seen()  # ACKS counts however the session ends
+        except (StoreError, RuntimeError):
+            pass  # logged, or the pool is shut down: the connection is gone either way
+        self._reset()
         try:
             await self.store.run(self.conn.logout)
         except RuntimeError:

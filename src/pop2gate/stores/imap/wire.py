@@ -225,6 +225,26 @@ def list_delimiter(line: bytes) -> str | None:
     return None
 
 
+def personal_namespace(data: bytes) -> tuple[str, str | None] | None:
+    """(prefix, delimiter) of the first personal namespace in a `NAMESPACE` response
+    (RFC 2342), None when the server names none (NIL)."""
+    toks = _nest(_scan(data))
+    if len(toks) != 3:
+        raise ParseError("bad NAMESPACE response")
+    personal = toks[0]
+    if personal is None:
+        return None
+    if not isinstance(personal, list) or not personal or not isinstance(personal[0], list):
+        raise ParseError("bad NAMESPACE response")
+    first = personal[0]
+    if len(first) < 2 or not isinstance(first[0], bytes) or not (first[1] is None or isinstance(first[1], bytes)):
+        raise ParseError("bad NAMESPACE response")
+    prefix, delim = first[0], first[1]
+    if not prefix.isascii() or (delim is not None and (len(delim) != 1 or not delim.isascii())):
+        raise ParseError("NAMESPACE prefix or delimiter is not ASCII")
+    return prefix.decode("ascii"), delim.decode("ascii") if delim else None
+
+
 _ID_NAME = re.compile(rb'"name"\s+"((?:[^"\\]|\\.)*)"', re.IGNORECASE)
 
 
