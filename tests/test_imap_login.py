@@ -178,7 +178,7 @@ BODY = b"Subject: x\r\n\r\n" + b"0123456789" * 1000 + b"\r\n"
 @pytest.mark.parametrize("chunk", [4096, 1 << 20])  # partial fetches, and one whole fetch
 @pytest.mark.parametrize("claimed", [len(BODY) - 100, len(BODY) + 100])
 async def test_size_that_does_not_add_up_ends_the_transfer(scripted, caplog, chunk, claimed):
-    limits = Limits(imap_fetch_chunk=chunk, imap_fetch_memory=1 << 20)
+    limits = Limits(imap_fetch_chunk=chunk, imap_fetch_memory=1 << 20, imap_readahead=0)
     _, store = await scripted(limits=limits, login_ok=True, caps="IMAP4rev1", body=BODY, claimed=claimed)
     box = await store.login("alice", "pw", Peer("127.0.0.9", 1))
     [ref] = await box.select("INBOX")
@@ -194,6 +194,21 @@ async def test_size_that_does_not_add_up_ends_the_transfer(scripted, caplog, chu
     assert sent <= announced  # never more than announced, and the caller sees the error
     if claimed < len(BODY):
         assert any(f"announced {claimed} octets" in r.getMessage() for r in caplog.records)
+    await box.close()
+
+
+@pytest.mark.parametrize("claimed", [len(BODY) - 100, len(BODY) + 100])
+async def test_size_that_does_not_add_up_is_never_announced_when_read_ahead(scripted, caplog, claimed):
+    _, store = await scripted(limits=Limits(imap_readahead=1 << 20), login_ok=True, caps="IMAP4rev1",
+                              body=BODY, claimed=claimed)
+    box = await store.login("alice", "pw", Peer("127.0.0.9", 1))
+    [ref] = await box.select("INBOX")
+    caplog.set_level(logging.WARNING, logger="pop2gate.imap")
+    assert await box.wire_size(ref) == 0  # the body read ahead is not RFC822.SIZE octets long
+    assert any(f"RFC822.SIZE {claimed} not confirmed" in r.getMessage() for r in caplog.records)
+    with pytest.raises(StoreError):
+        async for _ in box.fetch(ref):
+            raise AssertionError("no octet of it may go out")
     await box.close()
 
 

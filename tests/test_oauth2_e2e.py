@@ -434,3 +434,16 @@ def test_served_as_nobody_after_oauth_add_as_root(tmp_path, oauth_server, oauth_
         assert late == [], late
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_access_token_the_imap_server_refuses_is_dropped(env, gate, oauth_server, oauth_dovecot):
+    """A cached token the provider no longer takes: that login is `- Bad login` (not a hang on
+    the server's error challenge), and the next one gets a fresh token."""
+    env.add_through_browser()
+    addr = await gate(env)
+    await drain(addr, [])  # the access token is cached now
+    with oauth_server.lock:
+        oauth_server.access.clear()  # every access token ends early; the grant stays
+    assert "Bad login" in await bad_login(addr)
+    fill(oauth_dovecot, MESSAGES[:1])
+    await drain(addr, MESSAGES[:1])

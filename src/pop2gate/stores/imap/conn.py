@@ -9,6 +9,7 @@ a credential.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import imaplib
 import ipaddress
@@ -50,6 +51,18 @@ class _IMAP4(imaplib.IMAP4):
     max_literal = 1 << 20
     # imaplib sends a bytes `literal` as it is, which LOGIN needs; typeshed says str only.
     literal: bytes | str | None  # type: ignore[assignment]
+
+    # Whether `_get_capabilities` may take the server's `[CAPABILITY ...]` response code instead
+    # of asking: after the greeting (imaplib's constructor) and after login, never after
+    # STARTTLS, where what came before the handshake must not count.
+    use_capability_code = True
+
+    def _get_capabilities(self) -> None:
+        codes = self.untagged_responses.pop("CAPABILITY", None)
+        if self.use_capability_code and codes and isinstance(codes[-1], bytes):
+            self.capabilities = tuple(codes[-1].decode("ascii", "replace").upper().split())
+            return  # one round trip saved
+        super()._get_capabilities()  # type: ignore[misc]  # imaplib's own (untyped)
 
     def read(self, size: int) -> bytes:
         if size > self.max_literal:
@@ -108,6 +121,7 @@ def connect(target: Target, peer: tuple[str, int] | None) -> ImapConn:
     except _FAILURES as err:
         raise ConnError(f"connect {target.host}:{target.port}: {_reason(err)}") from None
     imap.max_literal = target.max_literal
+    imap.use_capability_code = False  # until login (STARTTLS asks afresh)
     # Commands are small and each waits for its answer: Nagle's algorithm meeting the server's
     # delayed ACK would stall each one for tens of milliseconds.
     with contextlib.suppress(OSError):
@@ -242,6 +256,7 @@ class ImapConn:
 
     def _logged_in(self, send: Callable[[], bool]) -> bool:
         imap = self._imap
+        imap.untagged_responses.pop("CAPABILITY", None)  # only the login answer's may count
         try:
             if not send():
                 return False
@@ -252,7 +267,11 @@ class ImapConn:
                 raise ConnError("login: backend unavailable") from None
             return False
         imap.state = "AUTH"
-        imap._get_capabilities()
+        imap.use_capability_code = True  # the login answer's, over the connection as secured
+        try:
+            imap._get_capabilities()
+        finally:
+            imap.use_capability_code = False
         return True
 
     def forget_commands(self) -> None:
@@ -267,7 +286,17 @@ class ImapConn:
             # The credentials go out once; a second challenge (an error) cancels the exchange.
             return payload.pop() if payload else None
 
-        self._imap.authenticate(mechanism, answer)
+        imap = self._imap
+        if mechanism == "PLAIN" and "SASL-IR" in imap.capabilities:
+            # RFC 4959: the credentials with the command, one round trip. Only for PLAIN, whose
+            # refusal is a tagged NO; XOAUTH2 and OAUTHBEARER answer a bad token with a challenge
+            # that needs a reply, which imaplib's exchange below gives.
+            encoded = base64.b64encode(response).decode("ascii")
+            typ, dat = imap._simple_command("AUTHENTICATE", mechanism, encoded)
+            if typ != "OK":
+                raise imaplib.IMAP4.error(dat[-1].decode("utf-8", "replace") if dat and dat[-1] else typ)
+            return True
+        imap.authenticate(mechanism, answer)
         return True
 
     def _plain_login(self, user: str, password: str) -> bool:

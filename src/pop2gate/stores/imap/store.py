@@ -262,8 +262,9 @@ class ImapMailbox:
     async def _read_ahead(self, uid: int) -> bool:
         """Read `uid` and the small messages after it in one `UID FETCH`, at most
         `imap_readahead` octets, held in the shared budget until sent; False (nothing read)
-        when `uid` is not small or the budget has no room to spare right now."""
-        limit = self.store.limits.imap_readahead
+        when `uid` is not small (at most half of `imap_readahead`, and of `imap_fetch_chunk`
+        so no literal is longer than a fetch may be) or the budget has no room to spare now."""
+        limit = min(self.store.limits.imap_readahead, 2 * self.store.limits.imap_fetch_chunk)
         batch: list[int] = []
         total = 0
         for next_uid in self._order[self._position.get(uid, len(self._order)):]:

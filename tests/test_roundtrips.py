@@ -1,5 +1,7 @@
-"""Reading small messages ahead (limits.imap_readahead): one `UID FETCH` for many messages,
-the octets held in `imap_fetch_memory` until sent, every answer still confirmed by the server.
+"""IMAP round trips per POP2 step: a login asks nothing it was already told; small messages
+are read ahead (limits.imap_readahead), one `UID FETCH` for many, the octets held in
+`imap_fetch_memory` until sent, every answer still confirmed by the server; ACKS flags go out
+together.
 
 The IMAP commands the gateway sends are counted on the wire by a relay between it and Dovecot.
 """
@@ -198,3 +200,17 @@ async def test_read_ahead_is_released_when_the_session_ends_early(dovecot, relay
             break
         await asyncio.sleep(0.02)
     assert store.budget.used == 0 and store.budget.held == 0
+
+
+async def test_login_asks_nothing_it_was_told(dovecot, relayed):
+    """Dovecot's greeting and its login answer carry CAPABILITY, and it takes the credentials
+    with AUTHENTICATE (SASL-IR): HELO costs ID, AUTHENTICATE, SELECT, UID FETCH."""
+    fill(dovecot, 1, 100)
+    port, relay, _ = await relayed()
+    c = await AsyncClient.connect(HOST, port, timeout=15)
+    assert await c.helo("alice", USERS["alice"]) == 1
+    await c.quit()
+    await relay.logged_out()
+    verbs = [line.split(b" ")[1].upper() for line in bytes(relay.sent).split(b"\r\n") if line]
+    assert verbs == [b"ID", b"AUTHENTICATE", b"SELECT", b"UID", b"LOGOUT"], verbs
+    assert len(relay.commands(r"AUTHENTICATE PLAIN \S+")) == 1  # the credentials in the command
