@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from dovecot import HOST
-from helpers import BIN, Gateways
+from helpers import BIN, Gateways, toml_value
 from pop2gate.config import parse_config
 from pop2gate.oauth2 import PROVIDERS
 from pop2gate.pop2.client import AsyncClient, Pop2Error
@@ -36,16 +36,6 @@ MESSAGES = [
 
 def wire(data: bytes) -> bytes:
     return data if data.endswith(b"\r\n") else data + b"\r\n"
-
-
-def toml(v: object) -> str:
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, list):
-        return "[" + ", ".join(toml(x) for x in v) + "]"
-    return str(v)
 
 
 class Env:
@@ -74,13 +64,13 @@ class Env:
         lines = []
         for table in ("server", "limits", "routing"):
             lines.append(f"[{table}]")
-            lines += [f"{k} = {toml(v)}" for k, v in d[table].items()]
+            lines += [f"{k} = {toml_value(v)}" for k, v in d[table].items()]
         b = dict(d["backend"][0])
         oauth2 = b.pop("oauth2")
         lines.append("[[backend]]")
-        lines += [f"{k} = {toml(v)}" for k, v in b.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in b.items()]
         lines.append("[backend.oauth2]")
-        lines += [f"{k} = {toml(v)}" for k, v in oauth2.items() if v is not None]
+        lines += [f"{k} = {toml_value(v)}" for k, v in oauth2.items() if v is not None]
         path = self.root / "pop2gate.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
