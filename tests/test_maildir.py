@@ -186,6 +186,27 @@ async def test_flags_set_elsewhere_do_not_lose_the_message(env, make_store):
     assert await drain(box, ref) == b"Subject: x\r\n\r\nbody\r\n"
 
 
+async def test_a_message_is_found_by_its_name_without_listing_the_folder(env, make_store, monkeypatch):
+    """READ, RETR and ACKS each find the message by the name last seen: listing cur/ and new/
+    each time made a drain cost the square of the folder's size."""
+    for n in range(3):
+        env.deliver("alice", b"Subject: %d\n\nbody\n" % n)
+    box = await mailbox(make_store())
+    refs = await box.select("INBOX")
+    listed = []
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda fd: listed.append(fd) or real(fd))
+    for ref in refs:
+        assert await box.wire_size(ref) == len(b"Subject: 0\r\n\r\nbody\r\n")
+        await drain(box, ref)
+        await box.mark_seen(ref)
+    assert listed == []
+    inbox = env.folder("alice")
+    [name] = [n for n in os.listdir(inbox / "cur") if n.startswith(refs[0].id)]
+    os.rename(inbox / "cur" / name, inbox / "cur" / f"{refs[0].id}:2,FS")  # renamed elsewhere: searched
+    assert await box.wire_size(refs[0]) > 0 and listed
+
+
 async def test_a_message_removed_underneath_reads_zero(env, make_store):
     uid = env.deliver("alice", b"Subject: x\n\nbody\n")
     box = await mailbox(make_store())

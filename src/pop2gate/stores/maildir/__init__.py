@@ -213,18 +213,23 @@ class MaildirMailbox:
             with contextlib.suppress(OSError):
                 subs[sub] = walk.open(sub, folder_fd)
         known = self._files.get(ref.id)
-        candidates = [known] if known and known[0] in subs else []
+        if known and known[0] in subs and self._is_file(subs[known[0]], known[1]):
+            return subs, *known
+        # Renamed since it was last seen (another client changed its flags): look for it.
         for sub, fd in subs.items():
             with contextlib.suppress(OSError):
-                candidates += [(sub, n) for n in os.listdir(fd) if n.split(":", 1)[0] == ref.id]
-        for sub, name in candidates:
-            try:
-                if stat.S_ISREG(os.stat(name, dir_fd=subs[sub], follow_symlinks=False).st_mode):
-                    self._files[ref.id] = (sub, name)
-                    return subs, sub, name
-            except OSError:
-                continue
+                for name in os.listdir(fd):
+                    if name.split(":", 1)[0] == ref.id and self._is_file(fd, name):
+                        self._files[ref.id] = (sub, name)
+                        return subs, sub, name
         return None
+
+    @staticmethod
+    def _is_file(dir_fd: int, name: str) -> bool:
+        try:
+            return stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
 
     def _open_message(self, ref: MessageRef) -> int | None:
         with _Walk() as walk:
