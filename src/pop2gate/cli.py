@@ -120,9 +120,9 @@ def _users_file(config_path: Path | None, users_file: Path | None, backend: str 
     return maildirs[0].users_file
 
 
-def _read_password(confirm: bool = True) -> str:
+def _read_password(confirm: bool = True, prompt: str = "Password: ") -> str:
     if sys.stdin.isatty():
-        first = getpass.getpass("Password: ")
+        first = getpass.getpass(prompt)
         if confirm and getpass.getpass("Again: ") != first:
             raise click.ClickException("passwords differ")
         return first
@@ -344,7 +344,7 @@ def oauth_add(name: str, config_path: Path, backend: str | None, imap_user: str 
     assert settings is not None
     if not valid_user_name(name):
         raise click.UsageError(f"invalid user name {name!r}: use letters, digits and . _ + @ -")
-    password = _read_password()
+    password = _read_password(prompt=f"POP2 password to set for {name}: ")
     if not password:
         raise click.UsageError("empty password")
     try:
@@ -353,7 +353,14 @@ def oauth_add(name: str, config_path: Path, backend: str | None, imap_user: str 
         raise click.ClickException(str(err)) from None
 
     def show(text: str) -> None:
-        click.echo(f"Open this URL in a browser:\n{text}" if text.startswith("http") else text)
+        if not text.startswith("http"):
+            click.echo(text)  # the device flow's code and where to enter it
+        elif paste:
+            click.echo(f"Open this URL in a browser, sign in as the mailbox's owner and allow access:\n{text}\n"
+                       "Then paste the address the browser was sent to (it starts http://127.0.0.1/).")
+        else:
+            click.echo(f"Open this URL in a browser on this machine, sign in as the mailbox's owner and allow "
+                       f"access:\n{text}\nWaiting up to {timeout:g}s for the browser to come back.")
 
     def read_line() -> str:
         if sys.stdin.isatty():
