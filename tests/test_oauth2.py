@@ -216,3 +216,21 @@ async def test_token_endpoint_certificate_is_verified(tmp_path):
         httpd.shutdown()
         httpd.server_close()
     assert seen == []  # no request reached it
+
+
+async def test_a_cancelled_wait_for_the_token_lock_lets_it_go(tmp_path):
+    """A login cut while it waits for another instance's refresh must not keep the lock once it
+    comes (it would block every later refresh of that user in this process)."""
+    import asyncio
+
+    from pop2gate.oauth2.tokens import _locked
+
+    other = tokenfile.lock(tmp_path, "alice")  # another instance is refreshing
+    waiting = asyncio.create_task(_locked(tmp_path, "alice"))
+    await asyncio.sleep(0.1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    os.close(other)  # the other instance is done; the cancelled wait gets the lock, then lets go
+    fd = await asyncio.wait_for(_locked(tmp_path, "alice"), 10)
+    os.close(fd)

@@ -437,3 +437,17 @@ async def test_access_token_the_imap_server_refuses_is_dropped(env, gate, oauth_
     assert "Bad login" in await bad_login(addr)
     fill(oauth_dovecot, MESSAGES[:1])
     await drain(addr, MESSAGES[:1])
+
+
+async def test_two_instances_refreshing_at_once_keep_the_grant(env, gate, oauth_server, oauth_dovecot):
+    """Scale-out: two gateways (own caches) sharing tokens_dir log the same user in at once, with
+    a token endpoint that rotates and answers slowly. One refreshes and stores the rotated token;
+    the other waits for it and uses the stored one, instead of spending the retired token."""
+    env.add_through_browser()
+    first, second = await gate(env), await gate(env)
+    oauth_server.token_delay = 0.5
+    try:
+        await asyncio.gather(drain(first, []), drain(second, []))
+    finally:
+        oauth_server.token_delay = 0
+    await drain(await gate(env), [])  # and the file still holds a live grant

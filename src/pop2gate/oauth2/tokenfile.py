@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -152,6 +153,18 @@ def read(tokens_dir: Path, user: str) -> TokenFile | None:
     if tf.user != user:
         raise TokenFileError(f"{path} belongs to user {tf.user!r}")
     return tf
+
+
+def lock(tokens_dir: Path, user: str) -> int:
+    """Block until this process holds `tokens_dir/.<user>.lock` (flock); close the returned fd
+    to let go. Instances sharing tokens_dir refresh and rotate one user's token one at a time."""
+    fd = os.open(tokens_dir / f".{user}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def write(tokens_dir: Path, tf: TokenFile, owner: tuple[int, int] | None = None) -> Path:

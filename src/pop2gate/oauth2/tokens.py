@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar, TypeVarTuple
 
 from ..passwords import check_password
@@ -45,6 +47,16 @@ class Access:
 
 def _renew_at(now: float, lifetime: float) -> float:
     return now + lifetime - min(EXPIRY_MARGIN, lifetime / 10)
+
+
+async def _locked(tokens_dir: Path, user: str) -> int:
+    """`tokenfile.lock` in a thread; a lock that arrives after the wait was cancelled is let go."""
+    waiting = asyncio.ensure_future(asyncio.to_thread(tokenfile.lock, tokens_dir, user))
+    try:
+        return await asyncio.shield(waiting)
+    except asyncio.CancelledError:
+        waiting.add_done_callback(lambda t: None if t.cancelled() or t.exception() else os.close(t.result()))
+        raise
 
 
 class TokenSource:
@@ -82,10 +94,26 @@ class TokenSource:
             cached = self._cache.get(user)
             if cached is not None and time.monotonic() < cached[1]:
                 return cached[0]
-            return await self._renew(tf, password)
+            try:
+                held = await _locked(self.settings.tokens_dir, user)
+            except OSError as err:
+                raise OAuthUnavailable(f"cannot lock the token file of {user!r}: {err.strerror}") from None
+            try:
+                return await self._renew(tf, password)
+            finally:
+                os.close(held)
 
-    async def _renew(self, tf: TokenFile, password: str) -> Access | None:
-        user = tf.user
+    async def _renew(self, seen: TokenFile, password: str) -> Access | None:
+        """Refresh under the file's lock, from the file as it is now: another instance sharing
+        tokens_dir may have rotated the token since `seen` was read."""
+        user = seen.user
+        try:
+            tf = await self._run(tokenfile.read, self.settings.tokens_dir, user)
+        except TokenFileError as err:
+            raise OAuthUnavailable(str(err)) from None
+        if tf is None or tf.password_hash != seen.password_hash:
+            log.info("backend %s: the token file of %r was removed or replaced meanwhile", self.backend, user)
+            return None
         key = await self._run(tf.key, password)
         try:
             refresh = tf.open(key)
