@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo test lint install bench clean config-doc
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { sh scripts/install-test-deps.sh venv && $(PYTHON) -m venv $(VENV); }
@@ -29,6 +29,10 @@ test: $(STAMP) lint
 .PHONY: fuzz
 fuzz: $(STAMP)
 	FUZZ=long $(BIN)/python -m pytest -q --timeout=0 --hypothesis-show-statistics tests/test_fuzz*.py tests/test_proxy.py $(PYTEST_ARGS)
+
+# docs/configuration.md is generated from the configuration models (tests/test_config_doc.py checks it).
+config-doc: $(STAMP)
+	$(BIN)/pop2gate config reference > docs/configuration.md
 
 bench: $(STAMP)
 	sh scripts/install-test-deps.sh

@@ -80,7 +80,8 @@ class MailEnv:
         path = self.folder(user, folder)
         return sorted(n.split(":")[0] for sub in ("new", "cur") for n in os.listdir(path / sub))
 
-    def config_dict(self, listen: str = "127.0.0.1:0") -> dict[str, Any]:
+    def config_dict(self, listen: str = "127.0.0.1:0", backends: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The config: this Maildir backend, or `backends` instead (the first one the default)."""
         limits = {"bad_login_delay": 0.05, **self.limits}
         # Served as the files' owner: `pop2gate serve` as root would become nobody. None drops a key.
         server = {"hostname": "test.invalid", "listen": [listen], "user": pwd.getpwuid(os.geteuid()).pw_name,
@@ -88,17 +89,17 @@ class MailEnv:
         return {
             "server": {k: v for k, v in server.items() if v is not None},
             "limits": limits,
-            "backend": [
+            "backend": backends or [
                 {"name": "local", "type": "maildir", "path": str(self.mail), "users_file": str(self.users_file)}
             ],
-            "routing": {"default": "local"},
+            "routing": {"default": backends[0]["name"] if backends else "local"},
         }
 
     def config(self) -> Config:
         return parse_config(self.config_dict())
 
-    def write_config(self, listen: str = "127.0.0.1:0") -> Path:
-        data = self.config_dict(listen)
+    def write_config(self, listen: str = "127.0.0.1:0", backends: list[dict[str, Any]] | None = None) -> Path:
+        data = self.config_dict(listen, backends)
         lines = []
         for table in ("server", "limits", "routing"):
             lines.append(f"[{table}]")
@@ -138,6 +139,19 @@ def wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 15) -> No
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"nothing listens on {port}")
+
+
+def start_serve(mail: MailEnv, extra: str = "", /, *args: str, backends: list[dict[str, Any]] | None = None,
+                **popen: Any) -> tuple[subprocess.Popen[str], int]:
+    """`pop2gate serve` as a process on a free port, `extra` TOML appended to the MailEnv's
+    config (stderr piped unless `popen` says otherwise); returns it and its port once it listens."""
+    port = free_port()
+    cfg = mail.write_config(f"127.0.0.1:{port}", backends)
+    cfg.write_text(cfg.read_text() + extra)
+    proc = subprocess.Popen([str(BIN / "pop2gate"), "serve", "-c", str(cfg), *args], text=True,
+                            **{"stderr": subprocess.PIPE, **popen})
+    wait_port(port, proc)
+    return proc, port
 
 
 def need_program(name: str) -> str:

@@ -43,7 +43,7 @@ def test_limits_defaults_and_checks():
 @pytest.mark.parametrize("routing,message", [
     ({"default": "a", "users": {"alice": "x"}}, "routing.users.alice: unknown backend 'x'"),
     ({"default": "a", "domains": {"example.org": "y"}}, "routing.domains.example.org: unknown backend 'y'"),
-    ({"default": "z"}, "unknown backend 'z'"),
+    ({"default": "z"}, "routing.default: names unknown backend 'z'"),
 ])
 def test_routing_names_unknown_backend(routing, message):
     with pytest.raises(ConfigError, match=message):
@@ -88,7 +88,7 @@ def test_backend_error_messages(backend, message):
     ({"backend": "x", "routing": {"default": "a"}}, "backend: Input should be a valid list"),
     ({"backend": ["x"], "routing": {"default": "a"}},
      "backend.0: Input should be a valid dictionary or object to extract fields from"),
-    ({"backend": [imap()], "routing": {"default": "b"}}, "(top level): routing.default names unknown backend 'b'"),
+    ({"backend": [imap()], "routing": {"default": "b"}}, "routing.default: names unknown backend 'b'"),
     ({"backend": [imap()]}, "routing: Field required"),
     ({"backend": [imap()], "routing": {"default": "a"}, "limits": {"imap_fetch_memory": 1}},
      "limits.imap_fetch_memory: Input should be greater than or equal to 4096"),

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from fuzzing import fuzz
 from pop2gate.config import Config, ConfigError, Limits, Routing, ServerSettings, load_config, parse_config
+from pop2gate.config_show import toml_string, toml_value
 from pop2gate.pop2 import client
 from pop2gate.pop2.server import NEED_DATA, ProtocolViolation, ServerProtocol, State
 from pop2gate.pop2.wire import MAX_LINE, MAX_REPLY_LINE, Word
@@ -182,40 +183,13 @@ def mutated_configs(draw) -> dict:
     return data
 
 
-def _toml_string(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return {float("inf"): "inf", float("-inf"): "-inf"}.get(v, repr(v))
-    if isinstance(v, str):
-        return _toml_string(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    assert isinstance(v, dict)
-    return "{" + ", ".join(f"{_toml_string(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-
-
 def to_toml(data: dict) -> str:
     """A TOML document that tomllib reads back as `data`: scalars first, then one table per dict."""
-    lines = [f"{_toml_string(k)} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    lines = [f"{toml_string(k)} = {toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
     for k, v in data.items():
         if isinstance(v, dict):
-            lines.append(f"[{_toml_string(k)}]")
-            lines += [f"{_toml_string(kk)} = {_toml_value(vv)}" for kk, vv in v.items()]
+            lines.append(f"[{toml_string(k)}]")
+            lines += [f"{toml_string(kk)} = {toml_value(vv)}" for kk, vv in v.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -6,6 +6,7 @@ import asyncio
 import getpass
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -18,17 +19,33 @@ from .stores.maildir import MaildirBackend
 CONFIG_HELP = "TOML configuration file (see docs/configuration.md)."
 
 
+def _config_errors(err: ConfigError) -> NoReturn:
+    """Print every issue, one a line (`FILE:LINE: key: what`), and exit 2."""
+    for issue in err.issues:
+        click.echo(f"pop2gate: config error: {issue}", err=True)
+    sys.exit(2)
+
+
 def _load(path: Path) -> Config:
     try:
         return load_config(path)
     except ConfigError as err:
-        click.echo(f"pop2gate: config error: {err}", err=True)
-        sys.exit(2)
+        _config_errors(err)
 
 
 _log_option = click.option(
-    "--log-level", type=click.Choice(LEVELS), default="info", show_default=True, help="Log detail (to stderr)."
+    "--log-level", type=click.Choice(LEVELS), default=None,
+    help="Log detail; overrides [log] level (default info).",
 )
+
+
+def _setup_logging(config: Config | None, level: str | None) -> None:
+    try:
+        setup_logging(config.log if config is not None else None, level)
+    except OSError as err:
+        click.echo(f"pop2gate: cannot log to syslog at {config.log.syslog_address if config else ''}: {err}",
+                   err=True)
+        sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,7 +58,7 @@ def main() -> None:
 @click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), required=True, help=CONFIG_HELP)
 @click.option("--inetd", is_flag=True, help="Serve one session on stdin/stdout (inetd, xinetd, socat).")
 @_log_option
-def serve(config_path: Path, inetd: bool, log_level: str) -> None:
+def serve(config_path: Path, inetd: bool, log_level: str | None) -> None:
     """Run the POP2 server.
 
     Listens on the addresses of [server], or on the sockets systemd hands over (socket
@@ -50,7 +67,7 @@ def serve(config_path: Path, inetd: bool, log_level: str) -> None:
     from .gateway.listeners import serve_forever, serve_stdio
 
     config = _load(config_path)
-    setup_logging(log_level)
+    _setup_logging(config, log_level)
     from .gateway.privileges import PrivilegeError
 
     try:
@@ -59,11 +76,40 @@ def serve(config_path: Path, inetd: bool, log_level: str) -> None:
         click.echo(f"pop2gate: {err}", err=True)
         sys.exit(2)
     except ConfigError as err:  # a store's path the serving user cannot use (gateway.privileges)
-        click.echo(f"pop2gate: config error: {err}", err=True)
-        sys.exit(2)
+        _config_errors(err)
     except OSError as err:
         click.echo(f"pop2gate: cannot listen: {err}", err=True)
         sys.exit(1)
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check a configuration file, or print its reference."""
+
+
+@config_group.command("check")
+@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), required=True, help=CONFIG_HELP)
+def config_check(config_path: Path) -> None:
+    """Validate FILE as `serve` does at start.
+
+    Valid: prints the effective configuration (every default filled in, secrets masked)
+    as TOML on stdout and exits 0. Invalid: prints every error, each with its key and its
+    line in the file (`FILE:LINE: key: what`), on stderr and exits 2. Whether the serving
+    user can use each store's files is checked by `serve`, once it is that user.
+    """
+    from .config_show import effective_toml
+
+    config = _load(config_path)
+    click.echo(effective_toml(config), nl=False)
+    click.echo(f"pop2gate: {config_path}: configuration valid", err=True)
+
+
+@config_group.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference (docs/configuration.md): every key, its type, default and meaning."""
+    from .config_doc import reference
+
+    click.echo(reference(), nl=False)
 
 
 @main.command()
@@ -72,7 +118,7 @@ def serve(config_path: Path, inetd: bool, log_level: str) -> None:
     help="Where the demo store lives (default: pop2gate/demo under the XDG data home).",
 )
 @_log_option
-def demo(directory: Path | None, log_level: str) -> None:
+def demo(directory: Path | None, log_level: str | None) -> None:
     """Serve a demo mailbox (user demo, password demo) on 127.0.0.1:1109."""
     from .demo import DEMO_ADDRESS, create_demo, default_dir
     from .gateway.listeners import serve_forever
@@ -80,7 +126,7 @@ def demo(directory: Path | None, log_level: str) -> None:
     directory = directory or default_dir()
     config = create_demo(directory)
     host, port = DEMO_ADDRESS
-    setup_logging(log_level)
+    _setup_logging(None, log_level)
 
     prog = sys.argv[0] if Path(sys.argv[0]).name == "pop2gate" else "pop2gate"
 

@@ -17,6 +17,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, get_args
 
 from ..config import Config, ConfigError, ListenKey, ServerSettings
+from ..logs import begin_session, prepare_reload
+from ..metrics import Exporter, Metrics
 from ..pop2.wire import MAX_LINE, Reason
 from ..routing import Router
 from ..stores import open_stores
@@ -38,6 +40,7 @@ log = logging.getLogger("pop2gate.server")
 RESTART_KEYS = {
     "server": ("listen", "tls_listen", "proxy_listen", "user", "group"),
     "limits": ("listen_backlog", "login_failure_window", "max_tracked_addresses", "max_login_failures_per_second"),
+    "metrics": ("listen",),
 }
 
 
@@ -66,6 +69,8 @@ class Gateway:
         self.sessions: set[asyncio.Task[None]] = set()
         self._stores_of: dict[asyncio.Task[None], dict[str, MailStore]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self.metrics = Metrics()
+        self.exporter: Exporter | None = None  # `[metrics] listen`, started with the listeners
 
     @property
     def active(self) -> int:
@@ -77,6 +82,7 @@ class Gateway:
         ensure_open_files(config.limits)
         check_store_access(config)
         tls = _tls_context(config.server)
+        new_log = prepare_reload(config.log)
         stores = open_stores(config)
         for section, keys in RESTART_KEYS.items():
             for key in keys:
@@ -87,6 +93,8 @@ class Gateway:
         self.router = Router(config, stores)
         self.throttle.limits = config.limits
         self.admission.limits = config.limits
+        if new_log is not None:
+            new_log()
         self._retire(old)
 
     def _retire(self, stores: dict[str, MailStore]) -> None:
@@ -97,7 +105,8 @@ class Gateway:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def _refuse(self, writer: asyncio.StreamWriter, peer: Peer, why: str) -> None:
+    async def _refuse(self, writer: asyncio.StreamWriter, peer: Peer, why: str, reason: str) -> None:
+        self.metrics.refused.labels(reason).inc()
         log.warning("refused peer=%s:%s: %s", peer.host, peer.port, why)
         writer.write(Reason.TOO_MANY.reply().line())
         with contextlib.suppress(Exception):
@@ -109,17 +118,17 @@ class Gateway:
         limits = config.limits
         if not self.throttle.admit(peer.host):
             return await self._refuse(
-                writer, peer, f"max_connections_per_address={limits.max_connections_per_address} reached"
-            )
+                writer, peer, f"max_connections_per_address={limits.max_connections_per_address} reached",
+                "max_connections_per_address")
         task = asyncio.current_task()
         assert task is not None  # handle always runs as a task of its own
         self._stores_of[task] = stores
         try:
-            session = Session(reader, writer, peer, config, router, self.throttle, self.admission)
+            session = Session(reader, writer, peer, config, router, self.throttle, self.admission, self.metrics)
             victims = self.admission.admit(session)
             if victims is None:
                 return await self._refuse(writer, peer, f"max_connections={limits.max_connections} reached "
-                                          "by logged-in sessions")
+                                          "by logged-in sessions", "max_connections")
             for victim in victims:
                 assert isinstance(victim, Session)
                 victim.shed()
@@ -147,6 +156,7 @@ class Gateway:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       tls: ssl.SSLContext | None, proxy: bool) -> None:
         """Its PROXY header and TLS handshake first, where the listener has them; then the session."""
+        begin_session()  # its id is on every line logged for this connection from here on
         peername = writer.get_extra_info("peername") or ("unknown", 0)
         peer = Peer(str(peername[0]), int(peername[1]))
         limits = self.config.limits
@@ -167,12 +177,17 @@ class Gateway:
         await self.handle(reader, writer, peer)
 
     async def start(self) -> list[asyncio.Server]:
-        """Listen on the sockets systemd handed over, if any, else on the configured addresses."""
+        """Listen on the sockets systemd handed over, if any, else on the configured addresses;
+        and serve the metrics where `[metrics] listen` says."""
         asyncio.get_running_loop().set_exception_handler(AcceptErrors())
         self.tls = _tls_context(self.config.server)
         inherited = inherited_sockets()
-        if inherited:
-            return await self._serve_inherited(inherited)
+        servers = await self._serve_inherited(inherited) if inherited else await self._serve_configured()
+        if (address := self.config.metrics.address()) is not None:
+            self.exporter = Exporter(self.metrics, *address)
+        return servers
+
+    async def _serve_configured(self) -> list[asyncio.Server]:
         servers = []
         for key in get_args(ListenKey):
             for host, port in self.config.server.addresses(key):
@@ -208,6 +223,8 @@ class Gateway:
         if self._closing:
             await asyncio.wait(list(self._closing), timeout=10)
         await _close_stores(self.stores)
+        if self.exporter is not None:
+            self.exporter.close()
 
 
 async def _close_stores(stores: dict[str, MailStore]) -> None:

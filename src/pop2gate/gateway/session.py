@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable
 from typing import NoReturn, TypeVar
 
-from .. import __version__
+from .. import __version__, logs
 from ..config import Config
+from ..metrics import Metrics
 from ..pop2.server import NEED_DATA, ProtocolViolation, ServerProtocol, State
 from ..pop2.wire import MAX_LINE, Ackd, Acks, Command, Fold, Helo, LocalProtocolError, Nack, Quit, Read, Reason, Retr
 from ..routing import Router
@@ -28,11 +30,12 @@ T = TypeVar("T")
 
 
 class _Close(Exception):
-    """End the session after sending `reply` (may be empty)."""
+    """End the session after sending `reply` (may be empty); `error` is its kind in the metrics."""
 
-    def __init__(self, reply: bytes = b"", why: str = "") -> None:
+    def __init__(self, reply: bytes = b"", why: str = "", error: str = "") -> None:
         self.reply = reply
         self.why = why
+        self.error = error
 
 
 class Session:
@@ -47,6 +50,7 @@ class Session:
         router: Router,
         throttle: Throttle,
         admission: Admission,
+        metrics: Metrics,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -56,6 +60,7 @@ class Session:
         self.router = router
         self.throttle = throttle
         self.admission = admission
+        self.metrics = metrics
         self.proto = ServerProtocol()
         self.mailbox: Mailbox | None = None
         self.user = ""
@@ -63,6 +68,8 @@ class Session:
         self.messages: list[MessageRef] = []
         self.current = 1
         self.acked: set[int] = set()
+        self.backend = ""  # the backend's name once the login is routed
+        self.id = logs.session_id()  # on every log line of this task
         self._task = asyncio.current_task()  # the connection's own task
         self._shed = False
         loop = asyncio.get_running_loop()
@@ -73,6 +80,12 @@ class Session:
     def tag(self) -> str:
         return f"peer={self.peer.host}:{self.peer.port}" + (f" user={self.user!r}" if self.user else "")
 
+    def _event(self, name: str, **fields: object) -> dict[str, object]:
+        """`extra=` for one of this session's event lines (JSON shows the fields as keys)."""
+        who = {"peer": f"{self.peer.host}:{self.peer.port}", "user": self.user or None,
+               "backend": self.backend or None}
+        return logs.event(name, **{k: v for k, v in who.items() if v is not None}, **fields)
+
     def shed(self) -> None:
         """Make room: end this session, which has not logged in, with `- Too many connections`."""
         self._shed = True
@@ -80,31 +93,41 @@ class Session:
             self._task.cancel()
 
     async def run(self) -> None:
-        log.info("connect %s", self.tag)
+        log.info("connect %s", self.tag, extra=self._event("connect"))
+        self.metrics.sessions.inc()
+        self.metrics.sessions_active.inc()
         try:
             version = __version__ if self.settings.show_version else None
             await self._write(self.proto.greeting(self.settings.hostname, version))
             while self.proto.state is not State.DONE:
                 await self._step()
         except _Close as close:
+            if close.error:
+                self.metrics.errors.labels(close.error).inc()
             if close.why:
-                log.info("close %s: %s", self.tag, close.why)
+                log.info("close %s: %s", self.tag, close.why, extra=self._event("close", why=close.why))
             if close.reply:
                 await self._write_quietly(close.reply)
         except (ConnectionError, asyncio.IncompleteReadError) as err:
-            log.info("disconnect %s: %s", self.tag, err.__class__.__name__)
+            why = err.__class__.__name__
+            log.info("disconnect %s: %s", self.tag, why, extra=self._event("disconnect", why=why))
         except asyncio.CancelledError:
             if not self._shed or self._task is None:
                 raise
             self._task.uncancel()
+            self.metrics.refused.labels("shed").inc()
             log.warning("shed %s: the server is full; the oldest session not logged in gives way", self.tag)
             self.writer.write(self.proto.send_error(Reason.TOO_MANY))
             self.writer.close()  # at once, no lingering: its slot is someone else's now
         except Exception:
+            self.metrics.errors.labels("internal").inc()
             log.exception("internal error %s", self.tag)
             await self._write_quietly(self.proto.send_error(Reason.SERVER_ERROR))
         finally:
-            await self._end()
+            try:
+                await self._end()
+            finally:
+                self.metrics.sessions_active.dec()
 
     async def _end(self) -> None:
         if self.mailbox is not None:
@@ -117,7 +140,7 @@ class Session:
                 log.exception("mailbox close failed %s", self.tag)
             self.mailbox = None
         await self._lingering_close()
-        log.info("closed %s", self.tag)
+        log.info("closed %s", self.tag, extra=self._event("closed"))
 
     async def _lingering_close(self) -> None:
         """Send FIN, then discard input briefly, so unread client data cannot
@@ -146,7 +169,7 @@ class Session:
             await asyncio.wait_for(self.writer.drain(), self.limits.send_timeout)
         except TimeoutError:
             self.writer.transport.abort()  # what it did not take is dropped: no graceful close
-            raise _Close(why=f"client took no data for {self.limits.send_timeout:g}s") from None
+            raise _Close(why=f"client took no data for {self.limits.send_timeout:g}s", error="send_timeout") from None
 
     async def _write_quietly(self, data: bytes) -> None:
         with contextlib.suppress(_Close, OSError):
@@ -174,7 +197,7 @@ class Session:
             try:  # never more than the rest of one command line
                 data = await asyncio.wait_for(self.reader.read(self.proto.room), max(deadline - now, 0))
             except TimeoutError:
-                raise _Close(self.proto.send_error(Reason.AUTOLOGOUT), f"timeout: {why}") from None
+                raise _Close(self.proto.send_error(Reason.AUTOLOGOUT), f"timeout: {why}", "timeout") from None
             if not data:
                 raise _Close(why="client closed the connection")
             self.proto.receive_data(data)
@@ -183,10 +206,11 @@ class Session:
 
     async def _step(self) -> None:
         event = await self._next_event()
+        log.debug("command %r %s", event, self.tag)  # a Helo's repr hides its password
         match event:
             case ProtocolViolation(detail=detail, reply=reply):
                 log.warning("protocol error %s: %s", self.tag, detail)
-                raise _Close(reply)
+                raise _Close(reply, error="protocol")
             case Helo():
                 await self._helo(event)
             case Fold(folder=folder):
@@ -212,7 +236,7 @@ class Session:
                 if self.mailbox is not None:
                     await self._release()
                 await self._write(self.proto.send_bye())
-                log.info("quit %s", self.tag)
+                log.info("quit %s", self.tag, extra=self._event("quit"))
 
     def _mailbox(self) -> Mailbox:
         assert self.mailbox is not None, "the protocol allows this command only after HELO"
@@ -223,6 +247,7 @@ class Session:
         route = self.router.route(event.user)
         mailbox: Mailbox | None = None
         if route is not None:
+            self.backend = route.store.name
             async with self.admission.login_turn(self.throttle.address_key(self.peer.host)):
                 self.admission.stage(self, Stage.LOGIN)
                 try:
@@ -233,7 +258,11 @@ class Session:
                     log.warning("login failed %s: %s", self.tag, type(err).__name__)
         if mailbox is None:
             delay = self.throttle.failure_delay(self.peer.host, self.user)
-            log.warning("bad login %s delay=%gs", self.tag, delay)
+            self.metrics.logins.labels("failed", self.backend).inc()
+            if delay > self.limits.bad_login_delay:
+                self.metrics.throttled.inc()
+            log.warning("bad login %s backend=%s delay=%gs", self.tag, self.backend or "(none)", delay,
+                        extra=self._event("login_failed", delay=delay))
             self.admission.stage(self, Stage.DELAY)  # may give way to others meanwhile
             await asyncio.sleep(delay)
             raise _Close(self.proto.send_error(Reason.BAD_LOGIN))
@@ -241,9 +270,12 @@ class Session:
         self.throttle.succeeded(self.peer.host, self.user)
         self.mailbox = mailbox
         if not self.admission.log_in(self, (route.store.name, route.user)):
+            self.metrics.logins.labels("refused", self.backend).inc()
+            self.metrics.refused.labels("max_sessions_per_user").inc()
             log.warning("refused %s: max_sessions_per_user=%d reached", self.tag, self.limits.max_sessions_per_user)
             raise _Close(self.proto.send_error(Reason.TOO_MANY_SESSIONS))
-        log.info("login %s backend=%s", self.tag, route.store.name)
+        self.metrics.logins.labels("ok", self.backend).inc()
+        log.info("login %s backend=%s", self.tag, route.store.name, extra=self._event("login"))
         await self._select("INBOX")
 
     async def _select(self, folder: str) -> None:
@@ -251,7 +283,8 @@ class Session:
         self.folder = folder
         self.current = 1
         self.acked = set()
-        log.info("select %s folder=%r messages=%d", self.tag, folder, len(self.messages))
+        log.info("select %s folder=%r messages=%d", self.tag, folder, len(self.messages),
+                 extra=self._event("select", folder=folder, messages=len(self.messages)))
         await self._write(self.proto.send_count(len(self.messages), folder))
 
     async def _release(self) -> None:
@@ -260,7 +293,9 @@ class Session:
             return
         refs = [self.messages[n - 1] for n in sorted(self.acked)]
         await self._store_call(self._mailbox().release(refs))
-        log.info("deleted %s folder=%r count=%d", self.tag, self.folder, len(refs))
+        self.metrics.deletions.labels(self.backend).inc(len(refs))
+        log.info("deleted %s folder=%r count=%d", self.tag, self.folder, len(refs),
+                 extra=self._event("deleted", folder=self.folder, count=len(refs)))
         self.acked = set()
 
     async def _answer_length(self) -> None:
@@ -289,16 +324,24 @@ class Session:
             self.proto.end_data()
         except LocalProtocolError as err:
             self._transfer_failed(ref, str(err))
-        log.info("retr %s n=%d octets=%d", self.tag, self.current, expected)
+        self.metrics.messages.labels(self.backend).inc()
+        self.metrics.octets.labels(self.backend).inc(expected)
+        log.info("retr %s n=%d octets=%d", self.tag, self.current, expected,
+                 extra=self._event("retr", folder=self.folder, n=self.current, octets=expected))
 
     def _transfer_failed(self, ref: MessageRef, why: str) -> NoReturn:
         """End the session mid-RETR: no reply can follow message data, nothing is deleted."""
         log.warning("retr failed %s message=%s: %s; closing", self.tag, ref.id, why)
-        raise _Close()
+        raise _Close(error="retr")
 
     async def _store_call(self, awaitable: Awaitable[T]) -> T:
+        """Await a store call, timed by backend and call name (the coroutine's) in the metrics."""
+        start = time.monotonic()
         try:
             return await awaitable
         except StoreError as err:
             log.warning("backend error %s: %s", self.tag, err)
-            raise _Close(self.proto.send_error(Reason.BACKEND_ERROR)) from None
+            raise _Close(self.proto.send_error(Reason.BACKEND_ERROR), error="backend") from None
+        finally:
+            command = getattr(awaitable, "__name__", "call")
+            self.metrics.backend_seconds.labels(self.backend, command).observe(time.monotonic() - start)

@@ -81,20 +81,43 @@ def check_url(key: str, url: str) -> None:
 
 
 class OAuth2Settings(BaseModel):
-    """The `[backend.oauth2]` table of an IMAP backend with `auth = "oauth2"`."""
+    """The `[backend.oauth2]` table of an IMAP backend with `auth = "oauth2"`: where the grant comes
+    from and where it is kept. A `provider` fills `authorize_url`, `token_url`, `scope` and
+    `mechanism` with its published values; a key written here overrides the preset's. URLs are
+    `https://` (verified against the system's CAs); plain `http://` only to a loopback host.
+    Set up Gmail or Microsoft 365 with [oauth2.md](oauth2.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    provider: Literal["google", "microsoft"] | None = None
-    authorize_url: str
-    token_url: str
-    device_url: str | None = None
-    client_id: str = Field(min_length=1)
-    client_secret_file: Path | None = None
-    scope: str = Field(min_length=1)
-    mechanism: Mechanism = "xoauth2"
-    tokens_dir: Path
-    timeout: float = Field(30, gt=0)  # each request to the token endpoint
+    provider: Literal["google", "microsoft"] | None = Field(
+        None, description="`\"google\"` or `\"microsoft\"`: the provider's published endpoints, IMAP scope "
+                          "and SASL mechanism (listed with their sources in [oauth2.md](oauth2.md)).")
+    authorize_url: str = Field(
+        json_schema_extra={"doc_default": "the provider's, else required"},
+        description="The authorization endpoint `pop2gate oauth add` sends the browser to.")
+    token_url: str = Field(
+        json_schema_extra={"doc_default": "the provider's, else required"},
+        description="The token endpoint: the grant at `oauth add`, then a new access token at a login "
+                    "whose cached one is near its expiry.")
+    device_url: str | None = Field(
+        None, description="The device authorization endpoint (RFC 8628); when set, `oauth add` prints a code "
+                          "to enter there instead of a URL to open.")
+    client_id: str = Field(min_length=1, description="The client (application) registered with the provider.")
+    client_secret_file: Path | None = Field(
+        None, description="A file whose first line is the client secret, mode 0600 or 0400 (else refused). "
+                          "Unset for a public client.")
+    scope: str = Field(
+        min_length=1, json_schema_extra={"doc_default": "the provider's, else required"},
+        description="The scopes requested, space-separated.")
+    mechanism: Mechanism = Field(
+        "xoauth2", json_schema_extra={"doc_default": "the provider's, else `\"xoauth2\"`"},
+        description="The SASL mechanism of the IMAP login: `\"xoauth2\"` (Google's and Microsoft's) or "
+                    "`\"oauthbearer\"` (RFC 7628).")
+    tokens_dir: Path = Field(
+        description="Absolute path of the token files (`tokens_dir/<user>`: the POP2 password's hash and the "
+                    "refresh token encrypted with it). The serving user reads and replaces files there.")
+    timeout: float = Field(30, gt=0, description="Seconds each request to the token or device endpoint may take; "
+                                                 "past it the login is `- Mail server error`.")
 
     @model_validator(mode="before")
     @classmethod

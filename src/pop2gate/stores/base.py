@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class StoreError(Exception):
@@ -25,9 +25,13 @@ class BackendConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
-    type: str
-    selectable: bool = False  # clients may pick it with UW's `HELO name:user`
+    name: str = Field(description="The backend's name, unique: `[routing]` names it, and so may UW-style "
+                                  "`HELO name:user`.")
+    type: str = Field(description="Which store serves it; its other keys depend on it.")
+    selectable: bool = Field(
+        False, description="Whether a client may pick it with UW's `HELO name:user`. Without it, `name:user` is "
+                           "accepted only where `name` is the backend the `[routing]` rules give that user; "
+                           "anything else is `- Bad login`, and no backend is contacted.")
 
 
 @dataclass(frozen=True)

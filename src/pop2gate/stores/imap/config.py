@@ -17,17 +17,42 @@ AuthMode = Literal["password", "oauth2"]
 
 
 class ImapBackend(BackendConfig):
-    """An IMAP server; TLS verified unless the operator says otherwise."""
+    """IMAP-to-POP2 conversion: an IMAP server, its TLS verified unless the operator says
+    otherwise. The `imap_*` limits apply too. Logins, folders, deletion and the servers
+    tested: [imap.md](imap.md).
+    """
 
     type: Literal["imap"]
-    url: str
-    tls: TlsMode | None = None
-    ca_file: Path | None = None
-    timeout: float | None = Field(None, gt=0)
-    allow_plaintext: bool = False
-    master_login: bool = False  # UW's `HELO user*admin`: off unless the operator enables it
-    auth: AuthMode = "password"  # "oauth2": the grant stored by `pop2gate oauth add` (docs/oauth2.md)
-    oauth2: OAuth2Settings | None = None
+    url: str = Field(description="`imaps://host[:port]` (default port 993) or `imap://host[:port]` (default port "
+                                 "143). Nothing else: no user, path or query. IPv6 as `imaps://[2001:db8::1]:993`.")
+    tls: TlsMode | None = Field(
+        None, json_schema_extra={"doc_default": "from `url`"},
+        description="`\"implicit\"` (`imaps://`: TLS from the first byte), `\"starttls\"` (`imap://`: STARTTLS is "
+                    "required; a server that does not offer it is not used), or `\"none\"` (`imap://` only: no "
+                    "encryption).")
+    ca_file: Path | None = Field(
+        None, json_schema_extra={"doc_default": "the system's CAs"},
+        description="PEM file of the CAs that may sign the server's certificate. The certificate and the host "
+                    "name in `url` are always verified.")
+    timeout: float | None = Field(
+        None, gt=0, json_schema_extra={"doc_default": "the `imap_*_timeout` limits"},
+        description="Seconds for connecting and for each IMAP command to this backend. Without it, "
+                    "`imap_connect_timeout` applies to connecting and `imap_command_timeout` to each command.")
+    allow_plaintext: bool = Field(
+        False, description="`tls = \"none\"` is refused at start for any host that is not loopback (`localhost`, "
+                           "`127.0.0.0/8`, `::1`) unless this is `true`: passwords would cross the network in "
+                           "clear text.")
+    master_login: bool = Field(  # UW's `HELO user*admin`: off unless the operator enables it
+        False, description="Accept UW's administrator login `HELO user*admin password` (see "
+                           "[imap.md](imap.md)). Off, such a login is a bad login and no connection is made.")
+    auth: AuthMode = Field(
+        "password", description="How pop2gate logs in to the server: `\"password\"` with the POP2 client's "
+                                "user and password, or `\"oauth2\"` with an OAuth2 access token for the "
+                                "grant `pop2gate oauth add` stored; then the `[backend.oauth2]` table below is "
+                                "required (see [oauth2.md](oauth2.md)).")
+    oauth2: OAuth2Settings | None = Field(
+        None, description="With `auth = \"oauth2\"`: the `[backend.oauth2]` table, right after this "
+                          "backend's keys.")
 
     @model_validator(mode="after")
     def _check_url(self) -> ImapBackend:
