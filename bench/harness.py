@@ -86,6 +86,9 @@ service pop3-login {{
   inet_listener pop3 {{
     port = {pop3_port}
   }}
+  inet_listener pop3s {{
+    port = 0
+  }}
   service_count = 0
 }}
 service pop3 {{
@@ -272,10 +275,16 @@ def pop2_drain(job: Job) -> list[str]:
     return out
 
 
-def imap_drain(job: Job) -> list[str]:
-    """What a client does straight to IMAP: one UID list, then BODY.PEEK[] per UID."""
+def _imap(job: Job) -> imaplib.IMAP4:
+    """Logged in, straight to the IMAP server, as stdlib imaplib does it."""
     c = imaplib.IMAP4(job.host, job.port, timeout=TIMEOUT)
     c.login(job.user, job.password)
+    return c
+
+
+def imap_drain(job: Job) -> list[str]:
+    """What a client does straight to IMAP: one UID list, then BODY.PEEK[] per UID."""
+    c = _imap(job)
     c.select("INBOX")
     _, data = c.uid("FETCH", "1:*", "(UID RFC822.SIZE)")
     uids = sorted(int(d.split(b"UID ")[1].split()[0].rstrip(b")"))
@@ -304,8 +313,7 @@ def pop3_drain(job: Job) -> list[str]:
 
 def imap_select(job: Job) -> list[str]:
     """LOGIN, SELECT INBOX, LOGOUT: has Dovecot index the mailbox."""
-    c = imaplib.IMAP4(job.host, job.port, timeout=TIMEOUT)
-    c.login(job.user, job.password)
+    c = _imap(job)
     c.select("INBOX")
     c.logout()
     return []
@@ -323,9 +331,7 @@ def pop2_logins(job: Job) -> list[str]:
 def imap_logins(job: Job) -> list[str]:
     """LOGIN + LOGOUT, `cycles` times."""
     for _ in range(job.cycles):
-        c = imaplib.IMAP4(job.host, job.port, timeout=TIMEOUT)
-        c.login(job.user, job.password)
-        c.logout()
+        _imap(job).logout()
     return []
 
 

@@ -12,6 +12,7 @@ import imaplib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import imapserver
 from pop2gate.stores.folders import encode_mutf7
 
 LAYOUTS = ["dovecot", "cyrus-unix", "cyrus-debian", "courier"]
@@ -45,88 +46,22 @@ class ImapServer:
             return "INBOX"
         return self.prefix + encode_mutf7(name.replace("/", self.sep))
 
-    def imap(self, user: str) -> imaplib.IMAP4:
-        return self.login(user)
-
     def append(self, user: str, data: bytes, folder: str = "INBOX", flags: str = "") -> int:
         """Store `data` (CRLF lines) byte for byte, creating the folder; return its UID."""
-        c = self.imap(user)
-        try:
-            name = _q(self.folder(folder))
-            if folder != "INBOX":
-                c._simple_command("CREATE", name)  # NO when it exists already
-            c.literal = data  # type: ignore[assignment]  # imaplib sends it as the literal
-            typ, dat = c._simple_command("APPEND", name, f"({flags})")
-            assert typ == "OK", dat
-            code = c.untagged_responses.get("APPENDUID", [b""])[-1]
-            assert isinstance(code, bytes), code
-            return int(code.split()[1])
-        finally:
-            c.logout()
+        return imapserver.append(self.login, user, data, self.folder(folder), flags)
 
     def uids(self, user: str, folder: str = "INBOX") -> dict[int, set[str]]:
         """UID -> flags of every message, \\Deleted ones included."""
-        c = self.imap(user)
-        try:
-            typ, dat = c.select(_q(self.folder(folder)), readonly=True)
-            assert typ == "OK", dat
-            out: dict[int, set[str]] = {}
-            if dat[-1] == b"0":
-                return out
-            typ, data = c.uid("FETCH", "1:*", "(UID FLAGS)")
-            assert typ == "OK", data
-            for item in data:
-                if not isinstance(item, bytes):
-                    continue
-                text = item.decode()
-                uid = int(text.split("UID ")[1].split()[0].rstrip(")"))
-                out[uid] = set(text.split("FLAGS (")[1].split(")")[0].split())
-            return out
-        finally:
-            c.logout()
+        return imapserver.uids(self.login, user, self.folder(folder))
 
     def bodies(self, user: str, folder: str = "INBOX") -> dict[int, bytes]:
         """UID -> the server's own BODY.PEEK[] of every message."""
-        c = self.imap(user)
-        try:
-            typ, dat = c.select(_q(self.folder(folder)), readonly=True)
-            assert typ == "OK", dat
-            out: dict[int, bytes] = {}
-            if dat[-1] == b"0":
-                return out
-            typ, data = c.uid("FETCH", "1:*", "(UID BODY.PEEK[])")
-            assert typ == "OK", data
-            for item in data:
-                if isinstance(item, tuple):
-                    out[int(item[0].split(b"UID ")[1].split()[0])] = item[1]
-            return out
-        finally:
-            c.logout()
+        return imapserver.bodies(self.login, user, self.folder(folder))
 
     def store(self, user: str, uid: int, flag: str, folder: str = "INBOX", expunge: bool = False) -> None:
         """Another client sets `flag` on `uid` (and expunges the folder)."""
-        c = self.imap(user)
-        try:
-            typ, dat = c.select(_q(self.folder(folder)))
-            assert typ == "OK", dat
-            typ, dat = c.uid("STORE", str(uid), "+FLAGS.SILENT", f"({flag})")
-            assert typ == "OK", dat
-            if expunge:
-                assert c.expunge()[0] == "OK"
-        finally:
-            c.logout()
+        imapserver.flag(self.login, user, uid, flag, self.folder(folder), expunge)
 
     def clear(self, user: str, folder: str = "INBOX") -> None:
         """Empty `folder` (if it exists)."""
-        c = self.imap(user)
-        try:
-            typ, dat = c.select(_q(self.folder(folder)))
-            if typ == "OK" and dat[-1] != b"0":
-                c.store("1:*", "+FLAGS.SILENT", r"(\Deleted)")
-                c.expunge()
-        finally:
-            c.logout()
-
-
-def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        imapserver.clear(self.login, user, self.folder(folder))

@@ -58,20 +58,6 @@ async def server(make_server) -> Running:
     return await make_server()
 
 
-# --- IMAP backend: a private Dovecot (tests/dovecot.py) ---------------------
-
-@pytest.fixture(scope="session")
-def dovecot():
-    """A running private Dovecot; a test that needs it fails (never skips) without it."""
-    from dovecot import Dovecot
-
-    server = Dovecot().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @dataclass
 class Served:
     port: int
@@ -101,13 +87,11 @@ def served(env: MailEnv, tmp_path: Path):
         proc.wait(10)
 
 
-# --- OAuth2: the test authorization server and a Dovecot that takes its tokens -------------
+# --- IMAP backends: private Dovecot, Cyrus and Courier servers ----------------
 
-@pytest.fixture(scope="session")
-def oauth_server():
-    from oauthserver import OAuthServer
-
-    server = OAuthServer().start()
+def _running(server):
+    """Start `server`, yield it, stop it; a test that needs it fails (never skips) when it cannot start."""
+    server.start()
     try:
         yield server
     finally:
@@ -115,15 +99,11 @@ def oauth_server():
 
 
 @pytest.fixture(scope="session")
-def oauth_dovecot(oauth_server):
-    """A private Dovecot that accepts XOAUTH2 and OAUTHBEARER tokens oauth_server says are active."""
-    from dovecot_oauth import OAuthDovecot
+def dovecot():
+    """A running private Dovecot (tests/dovecot.py)."""
+    from dovecot import Dovecot
 
-    server = OAuthDovecot(oauth_server.url("/introspect")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(Dovecot())
 
 
 # --- Cyrus (both layouts) and Courier, and all four layouts behind one interface -------------
@@ -133,11 +113,7 @@ def cyrus_unix():
     """A private Cyrus, '/' separator with altnamespace (tests/cyrus.py)."""
     from cyrus import Cyrus
 
-    server = Cyrus(layout="unix").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(Cyrus(layout="unix"))
 
 
 @pytest.fixture(scope="session")
@@ -145,11 +121,7 @@ def cyrus_debian():
     """A private Cyrus in Debian's default layout: '.' separator, folders under INBOX."""
     from cyrus import Cyrus
 
-    server = Cyrus(layout="debian").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(Cyrus(layout="debian"))
 
 
 @pytest.fixture(scope="session")
@@ -157,11 +129,7 @@ def courier():
     """A private Courier-IMAP (tests/courier.py)."""
     from courier import Courier
 
-    server = Courier().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(Courier())
 
 
 @pytest.fixture(scope="session", params=["dovecot", "cyrus-unix", "cyrus-debian", "courier"])
@@ -189,3 +157,25 @@ def imap_server(request):
     # Courier as Debian sets it up: AUTH=PLAIN only after STARTTLS
     return ImapServer(layout, courier_mod.HOST, co.port, dict(courier_mod.USERS), co.imap, "INBOX.", ".", None,
                       ca_file=str(co.ca_file), log=co.log)
+
+
+# --- OAuth2: the test authorization server and a Dovecot that takes its tokens -------------
+
+@pytest.fixture(scope="session")
+def oauth_server():
+    """The test authorization server (tests/oauthserver.py)."""
+    from oauthserver import OAuthServer
+
+    server = OAuthServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def oauth_dovecot(oauth_server):
+    """A private Dovecot that accepts XOAUTH2 and OAUTHBEARER tokens oauth_server says are active."""
+    from dovecot_oauth import OAuthDovecot
+
+    yield from _running(OAuthDovecot(oauth_server.url("/introspect")))

@@ -19,8 +19,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import imapserver
 from dovecot import HOST, free_port
-from imapserver import stop_group, wait_for_imap
+from imapserver import quoted, stop_group, wait_for_imap
 
 CYRUS_ROOT = Path(os.environ.get("POP2GATE_CYRUS_ROOT", "/opt/pop2gate-test/cyrus"))
 BIN = CYRUS_ROOT / "usr/lib/cyrus/bin"
@@ -97,7 +98,7 @@ class Cyrus:
             self._set_up()
             self._launch()
             for user in USERS:
-                self._admin("CREATE", _q(f"user{self.sep}{user}"))
+                self._admin("CREATE", quoted(f"user{self.sep}{user}"))
         except BaseException:
             self.stop()
             raise
@@ -161,42 +162,18 @@ class Cyrus:
         """Create `folder` ("a/b", layout-neutral) for `user`."""
         c = self.imap(user)
         try:
-            typ, dat = c._simple_command("CREATE", _q(self.folder(folder)))
+            typ, dat = c._simple_command("CREATE", quoted(self.folder(folder)))
             assert typ == "OK", dat
         finally:
             c.logout()
 
     def append(self, user: str, data: bytes, folder: str = "INBOX", flags: str = "") -> int:
         """Store `data` (CRLF lines) byte for byte in an existing folder; return its UID."""
-        c = self.imap(user)
-        try:
-            c.literal = data  # type: ignore[assignment]  # imaplib sends it as the literal
-            typ, dat = c._simple_command("APPEND", _q(self.folder(folder)), f"({flags})")
-            assert typ == "OK", dat
-            code = c.untagged_responses.get("APPENDUID", [b""])[-1]
-            assert isinstance(code, bytes), code
-            return int(code.split()[1])
-        finally:
-            c.logout()
+        return imapserver.append(self.imap, user, data, self.folder(folder), flags, create=False)
 
     def bodies(self, user: str, folder: str = "INBOX") -> dict[int, bytes]:
         """UID -> stored octets of every message (read with PEEK)."""
-        c = self.imap(user)
-        try:
-            typ, dat = c.select(_q(self.folder(folder)), readonly=True)
-            assert typ == "OK", dat
-            out: dict[int, bytes] = {}
-            if dat[-1] == b"0":
-                return out
-            typ, data = c.uid("FETCH", "1:*", "(UID BODY.PEEK[])")
-            assert typ == "OK", data
-            for item in data:
-                if isinstance(item, tuple):
-                    uid = int(item[0].split(b"UID ")[1].split()[0])
-                    out[uid] = item[1]
-            return out
-        finally:
-            c.logout()
+        return imapserver.bodies(self.imap, user, self.folder(folder))
 
     def list(self, user: str) -> list[tuple[str, str]]:
         """(separator, name) of every folder `user` sees."""
@@ -214,6 +191,3 @@ class Cyrus:
         finally:
             c.logout()
 
-
-def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

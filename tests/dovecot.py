@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import imapserver
 from imapserver import wait_for_imap
 
 DOVECOT = "/usr/sbin/dovecot"
@@ -233,75 +234,19 @@ class Dovecot:
 
     def append(self, user: str, data: bytes, folder: str = "INBOX", flags: str = "") -> int:
         """Store `data` byte for byte; return its UID."""
-        c = self.imap(user)
-        try:
-            if folder != "INBOX":
-                c._simple_command("CREATE", _q(folder))
-            c.literal = data
-            typ, dat = c._simple_command("APPEND", _q(folder), f"({flags})")
-            assert typ == "OK", dat
-            code = c.untagged_responses.get("APPENDUID", [b""])[-1].split()
-            return int(code[1])
-        finally:
-            c.logout()
+        return imapserver.append(self.imap, user, data, folder, flags)
 
     def uids(self, user: str, folder: str = "INBOX") -> dict[int, set[str]]:
         """UID -> flags of every message, including \\Deleted ones."""
-        c = self.imap(user)
-        try:
-            typ, dat = c.select(_q(folder))
-            assert typ == "OK"
-            out: dict[int, set[str]] = {}
-            if dat[-1] == b"0":
-                return out
-            typ, data = c.uid("FETCH", "1:*", "(UID FLAGS)")
-            for item in data:
-                if not isinstance(item, bytes):
-                    continue
-                text = item.decode()
-                uid = int(text.split("UID ")[1].split()[0].rstrip(")"))
-                flags = text.split("FLAGS (")[1].split(")")[0]
-                out[uid] = set(flags.split())
-            return out
-        finally:
-            c.logout()
+        return imapserver.uids(self.imap, user, folder)
 
     def bodies(self, user: str, folder: str = "INBOX") -> dict[int, bytes]:
         """UID -> stored octets of every message, including \\Deleted ones (read with PEEK)."""
-        c = self.imap(user)
-        try:
-            typ, dat = c.select(_q(folder), readonly=True)
-            assert typ == "OK", dat
-            out: dict[int, bytes] = {}
-            for uid in self.uids(user, folder):
-                typ, data = c.uid("FETCH", str(uid), "(BODY.PEEK[])")
-                assert typ == "OK" and isinstance(data[0], tuple), data
-                out[uid] = data[0][1]
-            return out
-        finally:
-            c.logout()
+        return imapserver.bodies(self.imap, user, folder)
 
     def expunge(self, user: str, uid: int, folder: str = "INBOX") -> None:
         """Remove one message, as another client would."""
-        c = self.imap(user)
-        try:
-            typ, dat = c.select(_q(folder))
-            assert typ == "OK", dat
-            c.uid("STORE", str(uid), "+FLAGS.SILENT", r"(\Deleted)")
-            c.expunge()
-        finally:
-            c.logout()
+        imapserver.flag(self.imap, user, uid, r"\Deleted", folder, expunge=True)
 
     def clear(self, user: str, folder: str = "INBOX") -> None:
-        c = self.imap(user)
-        try:
-            typ, dat = c.select(_q(folder))
-            if typ == "OK" and dat[-1] != b"0":
-                c.store("1:*", "+FLAGS.SILENT", r"(\Deleted)")
-                c.expunge()
-        finally:
-            c.logout()
-
-
-def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        imapserver.clear(self.imap, user, folder)

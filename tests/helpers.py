@@ -112,6 +112,26 @@ class MailEnv:
         return path
 
 
+async def until_idle(gateway: Any, within: float = 10) -> None:
+    """Wait until every session of an in-process Gateway has ended (and logged out of its backend)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    # The gateway has no event for "no sessions left"; its count is all a test can watch.
+    while gateway.active and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    assert gateway.active == 0
+
+
+async def pop2_client(host: str, port: int, source: str | None = None) -> Any:
+    """A POP2 client (`AsyncClient`) connected to host:port; `source` picks a loopback source
+    address (IMAP servers delay failed logins per address)."""
+    from pop2gate.pop2.client import AsyncClient
+
+    local = (source, 0) if source else None
+    reader, writer = await asyncio.open_connection(host, port, local_addr=local)
+    return await AsyncClient.from_streams(reader, writer, timeout=30)
+
+
 async def read_line(reader: asyncio.StreamReader, timeout: float = 10) -> bytes:
     return await asyncio.wait_for(reader.readline(), timeout)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import imaplib
 import socket
+import ssl
 import subprocess
 
 import pytest
@@ -20,6 +21,19 @@ def test_login_with_each_user_and_refuse_a_wrong_password(courier):
     with pytest.raises(imaplib.IMAP4.error):
         c.login("alice", "not-" + USERS["alice"])
     c.shutdown()
+
+
+def test_auth_plain_is_offered_only_after_starttls(courier):
+    """As Debian sets Courier up (docs/imap.md): STARTTLS with the test CA's certificate, then AUTH=PLAIN."""
+    c = imaplib.IMAP4(HOST, courier.port, timeout=10)
+    try:
+        assert "STARTTLS" in c.capabilities and "AUTH=PLAIN" not in c.capabilities
+        c.starttls(ssl.create_default_context(cafile=str(courier.ca_file)))
+        assert "AUTH=PLAIN" in c.capabilities
+        c.authenticate("PLAIN", lambda _: f"\0alice\0{USERS['alice']}".encode())
+        assert c.select("INBOX")[0] == "OK"
+    finally:
+        c.logout()
 
 
 def test_append_then_uid_fetch_gives_the_bytes_back(courier):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 
 from dovecot import HOST, USERS, Dovecot
-from helpers import BIN, PASSWORD, Gateways, MailEnv, ScriptConn, ScriptedServer, free_port, wait_port
+from helpers import BIN, PASSWORD, Gateways, MailEnv, ScriptConn, ScriptedServer, free_port, until_idle, wait_port
 from pop2gate.config import parse_config
 from pop2gate.gateway.listeners import Gateway
 from pop2gate.pop2.client import Client, ConnectionClosed
@@ -100,11 +100,7 @@ class Gate:
 
     async def idle(self, within: float = 15) -> None:
         """Wait until every session has ended (and logged out of the backend)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while self.gateway.active and loop.time() < deadline:  # noqa: ASYNC110 - no event for it
-            await asyncio.sleep(0.02)
-        assert self.gateway.active == 0
+        await until_idle(self.gateway, within)
 
 
 def imap_backend(server: Dovecot | ScriptedServer) -> dict:

@@ -115,6 +115,9 @@ class FakeConn:
     def noop(self) -> None:
         pass
 
+    def fetch_tail(self, uid: int, size: int) -> bytes:
+        return self.data[size - min(size, 2) : size]
+
     def fetch_body(self, uid: int, offset: int | None = None, length: int | None = None) -> bytes:
         if offset is None:
             return self.data

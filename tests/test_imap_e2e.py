@@ -11,7 +11,7 @@ import signal
 import pytest
 
 from dovecot import HOST, MASTER, OTHER_HOST, USERS
-from helpers import ScriptConn, ScriptedServer
+from helpers import ScriptConn, ScriptedServer, pop2_client, until_idle
 from pop2gate.config import parse_config
 from pop2gate.gateway.listeners import Gateway
 from pop2gate.pop2.client import AsyncClient, Pop2Error
@@ -48,18 +48,12 @@ class Gate:
 
     async def client(self, source: str | None = None) -> AsyncClient:
         """A POP2 client; `source` picks a loopback source address (Dovecot penalises per address)."""
-        local = (source, 0) if source else None
-        reader, writer = await asyncio.open_connection(self.host, self.port, local_addr=local)
-        return await AsyncClient.from_streams(reader, writer, timeout=30)
+        client: AsyncClient = await pop2_client(self.host, self.port, source)
+        return client
 
     async def idle(self, within: float = 10) -> None:
         """Wait until every session has ended."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        # The gateway has no event for "no sessions left"; its count is all a test can watch.
-        while self.gateway.active and loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-        assert self.gateway.active == 0
+        await until_idle(self.gateway, within)
 
     async def stop(self) -> None:
         for s in self.servers:

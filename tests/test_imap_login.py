@@ -32,6 +32,7 @@ class ImapScript:
         self.caps = caps
         self.login_ok = login_ok
         self.body, self.claimed = body, claimed  # one message, UID 7, and the size we claim
+        self.later: int | None = None  # the size claimed after the snapshot, if another
         self.commands: list[bytes] = []
 
     def _read_command(self, conn: ScriptConn) -> bytes | None:
@@ -77,14 +78,15 @@ class ImapScript:
             return b"* 1 EXISTS\r\n* OK [UIDVALIDITY 1] ok\r\n"
         if verb == b"LIST":
             return b'* LIST (\\Noselect) "/" ""\r\n'
-        if b"RFC822.SIZE" in rest:
+        if b"FLAGS" in rest:  # the snapshot
             return b"* 1 FETCH (UID 7 RFC822.SIZE %d FLAGS ())\r\n" % self.claimed
         m = re.search(rb"BODY\.PEEK\[\](?:<(\d+)\.(\d+)>)?", rest)
         assert m is not None, rest
         start = int(m.group(1) or 0)
         part = self.body[start:start + int(m.group(2))] if m.group(1) else self.body
         origin = b"<%d>" % start if m.group(1) else b""
-        return b"* 1 FETCH (UID 7 BODY[]%s {%d}\r\n%s)\r\n" % (origin, len(part), part)
+        size = b"RFC822.SIZE %d " % (self.claimed if self.later is None else self.later) if b"SIZE" in rest else b""
+        return b"* 1 FETCH (UID 7 %sBODY[]%s {%d}\r\n%s)\r\n" % (size, origin, len(part), part)
 
     def sent(self, verb: bytes) -> list[bytes]:
         return [c.split(b" ", 1)[1] for c in self.commands if c.split(b" ", 2)[1].upper() == verb]
@@ -209,6 +211,22 @@ async def test_size_that_does_not_add_up_is_never_announced_when_read_ahead(scri
     with pytest.raises(StoreError):
         async for _ in box.fetch(ref):
             raise AssertionError("no octet of it may go out")
+    await box.close()
+
+
+async def test_a_size_the_server_no_longer_gives_is_not_announced(scripted):
+    """Courier serves a placeholder for a message another session removed, with another
+    RFC822.SIZE: the size asked again with the last octets must match the snapshot's."""
+    script, store = await scripted(login_ok=True, caps="IMAP4rev1", body=BODY, claimed=len(BODY))
+    box = await store.login("alice", "pw", Peer("127.0.0.9", 1))
+    [ref] = await box.select("INBOX")
+    script.later = 129
+    assert await box.wire_size(ref) == 0
+    with pytest.raises(StoreError):
+        async for _ in box.fetch(ref):
+            pass
+    [tail] = [c for c in script.sent(b"UID") if b"BODY.PEEK" in c]
+    assert b"RFC822.SIZE" in tail  # asked in the same command: no extra round trip
     await box.close()
 
 

@@ -7,7 +7,6 @@ BODY.PEEK[], and what is left, flagged or removed is read back from it afterward
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,8 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from backends import ImapServer
-from helpers import Gateways
+from helpers import Gateways, pop2_client, until_idle
 from pop2gate.config import parse_config
+from pop2gate.gateway.listeners import Gateway
 from pop2gate.pop2.client import AsyncClient, Pop2Error
 
 USER = "alice"
@@ -30,8 +30,19 @@ CORPUS = [
 ]
 _sources = itertools.count(1)
 
-Connect = Callable[..., Awaitable[AsyncClient]]
+class Connect:
+    """A gateway in front of the server: calling it connects a POP2 client (`source`: a
+    loopback address to connect from); `idle()` waits until its sessions have ended."""
 
+    def __init__(self, host: str, port: int, gateway: Gateway) -> None:
+        self.host, self.port, self.gateway = host, port, gateway
+
+    async def __call__(self, source: str | None = None) -> AsyncClient:
+        client: AsyncClient = await pop2_client(self.host, self.port, source)
+        return client
+
+    async def idle(self) -> None:
+        await until_idle(self.gateway)
 
 def fresh_source() -> str:
     """A loopback source address of its own: servers delay failed logins per address."""
@@ -46,8 +57,7 @@ def wire(data: bytes) -> bytes:
 
 @pytest.fixture
 async def gate(imap_server: ImapServer) -> AsyncIterator[Callable[..., Awaitable[Connect]]]:
-    """`await gate(**backend_keys)` starts a gateway in front of the server; it returns a
-    function that connects a POP2 client (`source`: a loopback address to connect from)."""
+    """`await gate(**backend_keys)` starts a gateway in front of the server (`Connect`)."""
     gateways = Gateways()
 
     async def make(**extra: object) -> Connect:
@@ -57,17 +67,20 @@ async def gate(imap_server: ImapServer) -> AsyncIterator[Callable[..., Awaitable
             "backend": [imap_server.backend(**extra)],
             "routing": {"default": "srv"},
         })
-        host, port, _ = await gateways.start(config)
-
-        async def connect(source: str | None = None) -> AsyncClient:
-            local = (source, 0) if source else None
-            reader, writer = await asyncio.open_connection(host, port, local_addr=local)
-            return await AsyncClient.from_streams(reader, writer, timeout=30)
-
-        return connect
+        return Connect(*await gateways.start(config))
 
     yield make
     await gateways.aclose()
+
+
+async def logged_in(srv: ImapServer, gate, messages: list[bytes]) -> tuple[AsyncClient, list[int], Connect]:
+    """An INBOX holding just `messages`, and a POP2 client logged in to it through a new gateway."""
+    srv.clear(USER)
+    uids = [srv.append(USER, m) for m in messages]
+    connect = await gate()
+    c = await connect()
+    assert await c.helo(USER, srv.users[USER]) == len(messages)
+    return c, uids, connect
 
 
 async def test_fold_uses_the_personal_namespace(imap_server: ImapServer, gate) -> None:
@@ -125,11 +138,7 @@ async def test_drain_is_byte_exact_and_ackd_quit_removes_exactly_those(imap_serv
 
 async def test_acks_sets_seen_and_deletes_nothing(imap_server: ImapServer, gate) -> None:
     srv = imap_server
-    srv.clear(USER)
-    uids = [srv.append(USER, m) for m in CORPUS[:3]]
-    connect = await gate()
-    c = await connect()
-    assert await c.helo(USER, srv.users[USER]) == 3
+    c, uids, _ = await logged_in(srv, gate, CORPUS[:3])
     assert await c.read(2) > 0
     await c.retr()
     await c.acks()
@@ -141,21 +150,14 @@ async def test_acks_sets_seen_and_deletes_nothing(imap_server: ImapServer, gate)
 
 async def test_ackd_then_drop_removes_nothing(imap_server: ImapServer, gate) -> None:
     srv = imap_server
-    srv.clear(USER)
-    uids = [srv.append(USER, m) for m in CORPUS[:3]]
-    connect = await gate()
-    c = await connect()
-    assert await c.helo(USER, srv.users[USER]) == 3
+    c, uids, connect = await logged_in(srv, gate, CORPUS[:3])
     for n in (1, 2):
         await c.read(n)
         await c.retr()
         await c.ackd()
     await c.close()  # gone without QUIT
-    for _ in range(200):  # the gateway ends the session when it sees the close
-        await asyncio.sleep(0.02)
-        left = srv.uids(USER)
-        if sorted(left) != uids or any(r"\Deleted" in f for f in left.values()):
-            break
+    await connect.idle()
+    left = srv.uids(USER)
     assert sorted(left) == uids
     assert not any(r"\Deleted" in f for f in left.values())
 
@@ -165,12 +167,8 @@ async def test_message_another_client_expunged_reads_zero(imap_server: ImapServe
     """A message another client removed after HELO reads `=0`, on its first READ too; the
     others are served and nothing else goes."""
     srv = imap_server
-    srv.clear(USER)
-    uids = [srv.append(USER, m) for m in CORPUS[:3]]
+    c, uids, _ = await logged_in(srv, gate, CORPUS[:3])
     stored = srv.bodies(USER)
-    connect = await gate()
-    c = await connect()
-    assert await c.helo(USER, srv.users[USER]) == 3
     if announced:
         assert await c.read(2) == len(wire(stored[uids[1]]))
     srv.store(USER, uids[1], r"\Deleted", expunge=True)

@@ -127,7 +127,7 @@ async def test_small_messages_come_in_one_fetch_for_many(dovecot, relayed):
     assert got == [b if b.endswith(b"\r\n") else b + b"\r\n" for b in bodies]
     fetches = relay.commands("UID FETCH")
     assert len(fetches) == 2, fetches  # the snapshot, then every body at once
-    assert not relay.commands(r"UID FETCH \d+ \(BODY\.PEEK\[\]<")  # no tail fetches
+    assert not relay.commands(r"UID FETCH \d+ \([^)]*BODY\.PEEK\[\]<")  # no tail fetches
     stores = relay.commands(r"UID STORE [\d:,]+ \+FLAGS\.SILENT \(\\Seen\)")
     assert len(stores) == 1 and uid_count(stores[0].split(b" ")[3]) == 30  # ACKS, all in one
     assert all(r"\Seen" in flags for flags in dovecot.uids("alice").values())
@@ -162,11 +162,11 @@ async def test_read_ahead_stops_at_its_octets_and_at_a_large_message(dovecot, re
         dovecot.append("alice", body)
     port, relay, store = await relayed({"imap_readahead": 8192})
     assert await drain(port) == [*small[:3], large, *small[3:]]
-    whole = relay.commands(r"UID FETCH [\d:,]+ \(BODY\.PEEK\[\]\)")
+    whole = relay.commands(r"UID FETCH [\d:,]+ \((?:RFC822\.SIZE )?BODY\.PEEK\[\]\)")
     # at most 8192 octets at a time: two small ones, one (the large one is next), the large
     # one alone when RETR asks for it, then two and one
     assert [uid_count(f.split(b" ")[3]) for f in whole] == [2, 1, 1, 2, 1], whole
-    assert relay.commands(r"UID FETCH \d+ \(BODY\.PEEK\[\]<")  # the large one's tail, fetched
+    assert relay.commands(r"UID FETCH \d+ \([^)]*BODY\.PEEK\[\]<")  # the large one's tail, fetched
     assert store.budget.used == 0
 
 
@@ -184,7 +184,7 @@ async def test_no_room_in_the_budget_reads_one_message_at_a_time(dovecot, relaye
     finally:
         store.budget.used = store.budget.held = 0
     assert got == [b if b.endswith(b"\r\n") else b + b"\r\n" for b in bodies]
-    assert len(relay.commands(r"UID FETCH \d+ \(BODY\.PEEK\[\]<")) == 5  # each one's tail, as before
+    assert len(relay.commands(r"UID FETCH \d+ \([^)]*BODY\.PEEK\[\]<")) == 5  # each one's tail, as before
 
 
 async def test_read_ahead_is_released_when_the_session_ends_early(dovecot, relayed):

@@ -273,8 +273,8 @@ class Limits(_Model):
         256 * 1024, ge=0, le=64 * 1024 * 1024,
         description="IMAP backends: octets of small messages a session reads ahead in one `UID FETCH` (0: off). "
                     "A message counts as small up to half of it, and at most `imap_fetch_chunk`. Held in "
-                    "`imap_fetch_memory` until sent; read-ahead never waits for room, and all sessions' "
-                    "read-ahead together holds at most half of `imap_fetch_memory`.")
+                    "`imap_fetch_memory` until sent; read-ahead never waits for room, and all sessions' read-ahead "
+                    "together holds at most half of `imap_fetch_memory`.")
     imap_budget_timeout: float = Field(
         30, gt=0, description="IMAP backends: time a session waits for room in `imap_fetch_memory` before a "
                               "fetch. Past it the RETR fails like any backend failure (the connection closes "

@@ -165,8 +165,11 @@ class Session:
 
     async def _write(self, data: bytes) -> None:
         self.writer.write(data)
+        if not self.writer.transport.get_write_buffer_size() and not self.writer.transport.is_closing():
+            return  # all of it is with the kernel already: nothing to wait for
         try:
-            await asyncio.wait_for(self.writer.drain(), self.limits.send_timeout)
+            async with asyncio.timeout(self.limits.send_timeout):
+                await self.writer.drain()
         except TimeoutError:
             self.writer.transport.abort()  # what it did not take is dropped: no graceful close
             raise _Close(why=f"client took no data for {self.limits.send_timeout:g}s", error="send_timeout") from None
@@ -195,7 +198,8 @@ class Session:
                 limits.append((now + self.limits.idle_timeout, "idle"))
             deadline, why = min(limits)
             try:  # never more than the rest of one command line
-                data = await asyncio.wait_for(self.reader.read(self.proto.room), max(deadline - now, 0))
+                async with asyncio.timeout_at(deadline):
+                    data = await self.reader.read(self.proto.room)
             except TimeoutError:
                 raise _Close(self.proto.send_error(Reason.AUTOLOGOUT), f"timeout: {why}", "timeout") from None
             if not data:

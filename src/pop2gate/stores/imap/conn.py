@@ -378,6 +378,14 @@ class ImapConn:
 
         self._guarded("NOOP", run)
 
+    def open_folder(self, name: str) -> list[tuple[int, int, bool]] | None:
+        """`select` then `snapshot`, in one call (one trip to a worker thread); None when the
+        folder was refused."""
+        exists = self.select(name)
+        if exists is None:
+            return None
+        return self.snapshot() if exists else []
+
     def snapshot(self) -> list[tuple[int, int, bool]]:
         """(UID, RFC822.SIZE, seen) of every message not flagged \\Deleted, by UID. Every UID
         in sequence order is kept (`sequence`), to map later EXPUNGE responses to UIDs."""
@@ -418,17 +426,38 @@ class ImapConn:
 
         return self._guarded("UID FETCH", run)
 
-    def fetch_bodies(self, uids: Sequence[int]) -> dict[int, bytes]:
-        """`BODY.PEEK[]` of several messages in one `UID FETCH`; those gone are missing."""
+    def fetch_tail(self, uid: int, size: int) -> bytes | None:
+        """The last octets (two at most) of `uid`, whose RFC822.SIZE was `size`, with its
+        RFC822.SIZE asked again in the same command: None when the message is gone or the
+        server now gives another size (Courier serves a placeholder for a message another
+        session removed, until a NOOP tells this one)."""
+        want = min(size, 2)
+
+        def run() -> bytes | None:
+            typ, text, items = self._run("UID", "FETCH", str(uid), f"(RFC822.SIZE BODY.PEEK[]<{size - want}.{want}>)")
+            if typ != "OK" and not _expunge_issued(typ, text):
+                raise ConnError(f"UID FETCH: {typ}")
+            data = fetch_by_uid(items).get(uid, {})
+            tail, now = data.get("BODY[]"), data.get("RFC822.SIZE")
+            if tail is not None and not isinstance(tail, bytes):
+                raise ConnError("UID FETCH: unreadable body")
+            return tail if now is None or now == str(size) else None
+
+        return self._guarded("UID FETCH", run)
+
+    def fetch_bodies(self, sizes: dict[int, int]) -> dict[int, bytes]:
+        """`BODY.PEEK[]` of several messages (UID -> RFC822.SIZE at the snapshot) in one `UID
+        FETCH`, with their RFC822.SIZE asked again; a message gone, or whose size the server
+        no longer gives (see `fetch_tail`), is missing."""
 
         def run() -> dict[int, bytes]:
-            typ, text, items = self._run("UID", "FETCH", uid_set(uids), "(BODY.PEEK[])")
+            typ, text, items = self._run("UID", "FETCH", uid_set(sizes), "(RFC822.SIZE BODY.PEEK[])")
             if typ != "OK" and not _expunge_issued(typ, text):
                 raise ConnError(f"UID FETCH: {typ}")
             out: dict[int, bytes] = {}
             for uid, data in fetch_by_uid(items).items():
-                body = data.get("BODY[]")
-                if uid in uids and isinstance(body, bytes):
+                body, now = data.get("BODY[]"), data.get("RFC822.SIZE")
+                if uid in sizes and isinstance(body, bytes) and (now is None or now == str(sizes[uid])):
                     out[uid] = body
             return out
 

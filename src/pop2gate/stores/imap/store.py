@@ -205,11 +205,10 @@ class ImapMailbox:
         name = await self._imap_name(folder)
         if name is None:
             return []
-        exists = await self._call("SELECT", self.conn.select, name)
-        if exists is None:
+        snap = await self._call("SELECT", self.conn.open_folder, name)
+        if snap is None:
             return []
         self.folder = name
-        snap = await self._call("UID FETCH", self.conn.snapshot) if exists else []
         self.sizes = {uid: size for uid, size, _ in snap}
         self._order = [uid for uid, _, _ in snap]
         self._position = {uid: n for n, uid in enumerate(self._order)}
@@ -219,16 +218,18 @@ class ImapMailbox:
         uid = int(msg.id) if msg.id.isdigit() else None
         return uid if uid in self.sizes else None
 
-    async def _ended(self, uid: int, confirm: bool = True) -> int:
+    async def _ended(self, uid: int, recheck: bool = False) -> int:
         """The message's octets with its last line ended: RFC822.SIZE and its last two octets
         (from the body when it was read ahead). 0 for a message another client removed.
 
-        Each announcement, and RETR of a message read ahead (`confirm`), asks with a NOOP
-        first, so the EXPUNGE responses the server sends are known (`conn.gone`): Cyrus and
-        Courier still serve a removed message's octets, and a count already known would be
-        the old one. A size whose last octets do not come back in full is not confirmed, so
-        never announced."""
-        if confirm:
+        0 for a message another client removed: the EXPUNGE responses the server sends with
+        any command are noted; a message's first count comes with its RFC822.SIZE asked again
+        in the same command (a tail fetch, or the read-ahead fetch of its body), and a size the
+        server no longer gives, or whose last octets do not come back in full, is never
+        announced (Courier's placeholder for a removed message has another size); a count
+        already known (`recheck`: announcing a message again, a message read ahead, RETR of a
+        body read ahead) asks with a NOOP first, or it would be the old one."""
+        if recheck and uid in self.ended:
             await self._call("NOOP", self.conn.noop)
         if uid not in self.ended and uid not in self.conn.gone:
             await self._learn(uid)
@@ -242,9 +243,8 @@ class ImapMailbox:
         if size == 0:
             self.ended[uid] = 0
         elif not await self._read_ahead(uid):
-            want = min(size, 2)
-            tail = await self._call("UID FETCH", self.conn.fetch_body, uid, size - want, want)
-            self._confirm(uid, tail, want)
+            tail = await self._call("UID FETCH", self.conn.fetch_tail, uid, size)
+            self._confirm(uid, tail, min(size, 2))
 
     def _confirm(self, uid: int, got: bytes | None, want: int) -> bool:
         """Note the ended size of `uid` from its last `want` octets as fetched (`got`: the
@@ -279,7 +279,7 @@ class ImapMailbox:
             return False
         try:
             await self._flush_seen()
-            bodies = await self._call("UID FETCH", self.conn.fetch_bodies, batch)
+            bodies = await self._call("UID FETCH", self.conn.fetch_bodies, {n: self.sizes[n] for n in batch})
         except BaseException:
             self.store.budget.unhold(total)
             raise
@@ -307,11 +307,11 @@ class ImapMailbox:
         uid = self._uid(msg)
         if uid is None:
             return 0
-        return self.store.form.size(await self._ended(uid), msg.seen)
+        return self.store.form.size(await self._ended(uid, recheck=True), msg.seen)
 
     async def fetch(self, msg: MessageRef) -> AsyncGenerator[bytes, None]:
         uid = self._uid(msg)
-        ended = 0 if uid is None else await self._ended(uid, confirm=uid in self._ahead)
+        ended = 0 if uid is None else await self._ended(uid, recheck=uid in self._ahead)
         if uid is None or ended == 0:
             raise StoreError("No such message")
         enc = self.store.form.encoder(msg.seen, bare_lf=False)

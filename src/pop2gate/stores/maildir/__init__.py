@@ -16,7 +16,7 @@ import stat
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from ...pop2.wire import FOLDER_SEPARATOR
 from ..base import Mailbox, MessageRef, Peer, StoreError
@@ -262,25 +262,38 @@ class MaildirMailbox:
     async def wire_size(self, msg: MessageRef) -> int:
         return await asyncio.to_thread(self._wire_size, msg)
 
+    def _open_and_read(self, ref: MessageRef) -> tuple[BinaryIO, bytes] | None:
+        """The message's file and its first chunk, in one trip to a worker thread."""
+        fd = self._open_message(ref)
+        if fd is None:
+            return None
+        f = os.fdopen(fd, "rb")
+        try:
+            return f, f.read(self.chunk_size)
+        except BaseException:
+            f.close()
+            raise
+
     async def fetch(self, msg: MessageRef) -> AsyncGenerator[bytes, None]:
         try:
-            fd = await asyncio.to_thread(self._open_message, msg)
+            opened = await asyncio.to_thread(self._open_and_read, msg)
         except OSError as err:
             raise StoreError(f"cannot open message {msg.id}: {err.strerror}") from None
-        if fd is None:
+        if opened is None:
             raise StoreError(f"message {msg.id} vanished")
+        f, chunk = opened
         enc = self.form.encoder(msg.seen, bare_lf=True)
-        with os.fdopen(fd, "rb") as f:
+        with f:
             while True:
-                try:
-                    chunk = await asyncio.to_thread(f.read, self.chunk_size)
-                except OSError as err:
-                    raise StoreError(f"cannot read message {msg.id}: {err.strerror}") from None
                 out = enc.feed(chunk)
                 if out:
                     yield out
                 if len(chunk) < self.chunk_size:  # a short read of a regular file is its end
                     break
+                try:
+                    chunk = await asyncio.to_thread(f.read, self.chunk_size)
+                except OSError as err:
+                    raise StoreError(f"cannot read message {msg.id}: {err.strerror}") from None
         tail = enc.finish()
         if tail:
             yield tail
