@@ -220,7 +220,7 @@ class ImapMailbox:
 
     async def _ended(self, uid: int, recheck: bool = False) -> int:
         """The message's octets with its last line ended: RFC822.SIZE and its last two octets
-        (from the body when it was read ahead). 0 for a message another client removed.
+        (from the body when it was read ahead).
 
         0 for a message another client removed: the EXPUNGE responses the server sends with
         any command are noted; a message's first count comes with its RFC822.SIZE asked again
