@@ -236,16 +236,18 @@ async def serve_forever(config: Config, ready: Callable[[list[asyncio.Server]], 
                         reload: Callable[[], Config] | None = None) -> None:
     """Run the listeners until SIGINT or SIGTERM; on SIGHUP, `reload()` gives the new config."""
     gateway = Gateway(config)
-    servers = await gateway.start()
-    drop_privileges(config)
-    if ready is not None:
-        ready(servers)
+    # the handlers before the first bind: a signal that comes once a port answers is never
+    # the default action (SIGHUP's would end the server)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, _reload, gateway, reload)
+    servers = await gateway.start()
+    drop_privileges(config)
+    if ready is not None:
+        ready(servers)
     try:
         await stop.wait()
     finally:
