@@ -68,7 +68,8 @@ def farm(dovecot: Dovecot, tmp_path: Path) -> Iterator[tuple[int, list[Path], Pa
             stop_process(proc)
 
 
-def _drain(front: int, user: str, source: str, ready: threading.Barrier, got: dict[str, list[bytes]]) -> None:
+def _drain(front: int, user: str, source: str, ready: threading.Barrier, got: dict[str, list[bytes]],
+           read: threading.Barrier) -> None:
     sock = socket.create_connection(("127.0.0.1", front), timeout=30, source_address=(source, 0))
     with Client.from_socket(sock, timeout=30) as c:
         count = c.helo(user, USERS[user])
@@ -78,6 +79,9 @@ def _drain(front: int, user: str, source: str, ready: threading.Barrier, got: di
             if c.read(n):
                 bodies.append(c.retr())
                 c.ackd()
+        # No QUIT (which removes what was ACKD) before every client has read: otherwise one alice
+        # session could remove a message the other has announced, and its RETR closes short.
+        read.wait(30)
         assert c.quit() == "OK"
     got[source] = bodies
 
@@ -92,8 +96,9 @@ def test_clients_drain_through_haproxy_over_two_instances(dovecot, farm):
             dovecot.append(user, body)
 
     got: dict[str, list[bytes]] = {}
-    ready = threading.Barrier(len(CLIENTS))
-    threads = [threading.Thread(target=_drain, args=(front, user, source, ready, got)) for user, source in CLIENTS]
+    ready, read = threading.Barrier(len(CLIENTS)), threading.Barrier(len(CLIENTS))
+    threads = [threading.Thread(target=_drain, args=(front, user, source, ready, got, read))
+               for user, source in CLIENTS]
     for t in threads:
         t.start()
     for t in threads:
