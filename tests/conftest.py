@@ -157,3 +157,25 @@ def imap_server(request):
     # Courier as Debian sets it up: AUTH=PLAIN only after STARTTLS
     return ImapServer(layout, courier_mod.HOST, co.port, dict(courier_mod.USERS), co.imap, "INBOX.", ".", None,
                       ca_file=str(co.ca_file), log=co.log)
+
+
+# --- OAuth2: the test authorization server and a Dovecot that takes its tokens -------------
+
+@pytest.fixture(scope="session")
+def oauth_server():
+    """The test authorization server (tests/oauthserver.py)."""
+    from oauthserver import OAuthServer
+
+    server = OAuthServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def oauth_dovecot(oauth_server):
+    """A private Dovecot that accepts XOAUTH2 and OAUTHBEARER tokens oauth_server says are active."""
+    from dovecot_oauth import OAuthDovecot
+
+    yield from _running(OAuthDovecot(oauth_server.url("/introspect")))

@@ -25,6 +25,17 @@ PASSWORD = "secret pass"  # a space inside: passwords are the rest of the line
 BIN = Path(sys.executable).parent  # the venv running the tests, with its pop2gate
 
 
+def toml_value(v: object) -> str:
+    """A TOML value for a str, bool, number or list of them."""
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return str(v)
+
+
 @dataclass
 class MailEnv:
     """A Maildir backend in a temporary directory."""
@@ -88,15 +99,6 @@ class MailEnv:
         return parse_config(self.config_dict())
 
     def write_config(self, listen: str = "127.0.0.1:0", backends: list[dict[str, Any]] | None = None) -> Path:
-        def toml_value(v: object) -> str:
-            if isinstance(v, str):
-                return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-            if isinstance(v, bool):
-                return "true" if v else "false"
-            if isinstance(v, list):
-                return "[" + ", ".join(toml_value(x) for x in v) + "]"
-            return str(v)
-
         data = self.config_dict(listen, backends)
         lines = []
         for table in ("server", "limits", "routing"):

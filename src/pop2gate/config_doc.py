@@ -73,6 +73,8 @@ def _type_name(annotation: Any, key: str) -> str:
         return f"list of {_plural(_type_name(args[0], key))}"
     if origin is dict:
         return f"table of {_plural(_type_name(args[1], key))}"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "table"
     if annotation is float and key.endswith(("timeout", "delay", "window", "linger")):
         return "duration"
     if annotation is str and key.endswith("listen"):
@@ -130,6 +132,16 @@ def _table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> list[str]:
     return rows
 
 
+def _subtables(model: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:
+    """The keys of `model` that hold a table of their own (an IMAP backend's `oauth2`), with its model."""
+    found = []
+    for name, field in model.model_fields.items():
+        for inner in (*typing.get_args(field.annotation), field.annotation):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                found.append((name, inner))
+    return found
+
+
 def reference() -> str:
     """The whole of docs/configuration.md."""
     out = [INTRO]
@@ -141,6 +153,8 @@ def reference() -> str:
     for type_name, backend in BACKENDS.items():
         out += [f"### `type = \"{type_name}\"`", "", _prose(backend.model), "",
                 *_table(backend.model, skip=base), ""]
+        for key, inner in _subtables(backend.model):
+            out += [f"#### `[backend.{key}]`", "", _prose(inner), "", *_table(inner), ""]
     out += ["## `[routing]`", "", _prose(Routing), "", *_table(Routing), ""]
     assert set(Config.model_fields) == {"server", "limits", "log", "metrics", "backend", "routing"}, \
         "a new section of Config needs its place in the reference"

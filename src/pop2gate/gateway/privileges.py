@@ -98,6 +98,19 @@ def become(user: str | None, group: str | None = None) -> None:
     log.info("running as user=%s uid=%d gid=%d", user, pw.pw_uid, gid)
 
 
+def serving_ids(config: Config) -> tuple[int, int] | None:
+    """(uid, gid) `serve` will run as when started as root, for files an operator command
+    writes as root; None when not root (such files stay the caller's)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pw = pwd.getpwnam(config.server.user or DEFAULT_USER)
+        gid = grp.getgrnam(config.server.group).gr_gid if config.server.group else pw.pw_gid
+    except KeyError as err:
+        raise PrivilegeError(f"server.user or server.group: no such account {err}") from None
+    return pw.pw_uid, gid
+
+
 def check_store_access(config: Config) -> None:
     """Raise ConfigError naming every store path the current user cannot use as its store needs."""
     problems = []

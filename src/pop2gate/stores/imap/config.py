@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -10,18 +9,11 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
+from ...oauth2.config import OAuth2Settings, is_loopback, needed_access
 from ..base import BackendConfig
 
 TlsMode = Literal["implicit", "starttls", "none"]
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+AuthMode = Literal["password", "oauth2"]
 
 
 class ImapBackend(BackendConfig):
@@ -53,6 +45,14 @@ class ImapBackend(BackendConfig):
     master_login: bool = Field(  # UW's `HELO user*admin`: off unless the operator enables it
         False, description="Accept UW's administrator login `HELO user*admin password` (see "
                            "[imap.md](imap.md)). Off, such a login is a bad login and no connection is made.")
+    auth: AuthMode = Field(
+        "password", description="How pop2gate logs in to the server: `\"password\"` with the POP2 client's "
+                                "user and password, or `\"oauth2\"` with an OAuth2 access token for the "
+                                "grant `pop2gate oauth add` stored; then the `[backend.oauth2]` table below is "
+                                "required (see [oauth2.md](oauth2.md)).")
+    oauth2: OAuth2Settings | None = Field(
+        None, description="With `auth = \"oauth2\"`: the `[backend.oauth2]` table, right after this "
+                          "backend's keys.")
 
     @model_validator(mode="after")
     def _check_url(self) -> ImapBackend:
@@ -62,8 +62,14 @@ class ImapBackend(BackendConfig):
             raise ValueError("imaps:// means tls = \"implicit\"; use imap:// for starttls or none")
         if scheme == "imap" and tls == "implicit":
             raise ValueError("tls = \"implicit\" needs an imaps:// url")
-        if tls == "none" and not self.allow_plaintext and not _is_loopback(host):
+        if tls == "none" and not self.allow_plaintext and not is_loopback(host):
             raise ValueError(f"tls = \"none\" to non-loopback host {host!r} needs allow_plaintext = true")
+        if self.auth == "oauth2" and self.oauth2 is None:
+            raise ValueError('auth = "oauth2" needs a [backend.oauth2] table')
+        if self.auth == "password" and self.oauth2 is not None:
+            raise ValueError('a [backend.oauth2] table needs auth = "oauth2"')
+        if self.auth == "oauth2" and self.master_login:
+            raise ValueError('master_login needs auth = "password"')
         if self.ca_file is not None and not self.ca_file.is_file():
             raise ValueError(f"ca_file {str(self.ca_file)!r} is not a readable file")
         return self
@@ -86,5 +92,9 @@ class ImapBackend(BackendConfig):
         return "implicit" if self.url.lower().startswith("imaps:") else "starttls"
 
     def needed_access(self) -> dict[str, tuple[Path, int]]:
-        """Key -> (path, `os.access` mode) the serving user needs: `ca_file` is read when the store is built."""
-        return {"ca_file": (self.ca_file, os.R_OK)} if self.ca_file is not None else {}
+        """Key -> (path, `os.access` mode) the serving user needs: `ca_file` is read when the store is
+        built; with OAuth2, the client secret and tokens_dir (rotated tokens are written there)."""
+        need = {"ca_file": (self.ca_file, os.R_OK)} if self.ca_file is not None else {}
+        if self.oauth2 is not None:
+            need.update(needed_access(self.oauth2))
+        return need

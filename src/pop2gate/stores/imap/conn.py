@@ -146,15 +146,16 @@ def connect(target: Target, peer: tuple[str, int] | None) -> ImapConn:
 
 
 def open_session(target: Target, peer: tuple[str, int] | None,
-                 authz: str, authc: str, password: str) -> ImapConn | None:
+                 authz: str, authc: str, password: str, sasl: tuple[str, bytes] | None = None) -> ImapConn | None:
     """Connect and log in, in one go: None when the backend refused the credentials.
 
-    One call, so a worker thread never leaves a half-open connection waiting
+    With `sasl` (mechanism, initial response: an OAuth2 login) that is sent instead of the
+    password. One call, so a worker thread never leaves a half-open connection waiting
     for another worker (a backend that queues logins would deadlock the pool).
     """
     conn = connect(target, peer)
     try:
-        ok = conn.login(authz, authc, password)
+        ok = conn.login_sasl(*sasl) if sasl is not None else conn.login(authz, authc, password)
     except BaseException:
         conn.abort()
         raise
@@ -240,20 +241,35 @@ class ImapConn:
 
     def login(self, authz: str, authc: str, password: str) -> bool:
         """True when the backend accepted the credentials, False when it refused."""
+        return self._login(lambda: self._password_login(authz, authc, password))
+
+    def login_sasl(self, mechanism: str, response: bytes) -> bool:
+        """AUTHENTICATE `mechanism` with one client response (XOAUTH2, OAUTHBEARER): True when
+        the backend accepted it. ConnError when the server does not offer the mechanism."""
+        if f"AUTH={mechanism.upper()}" not in self._imap.capabilities:
+            raise ConnError(f"login: server does not offer AUTH={mechanism.upper()}")
+        return self._login(lambda: self._authenticate(mechanism.upper(), response))
+
+    def _password_login(self, authz: str, authc: str, password: str) -> bool:
+        imap = self._imap
+        if "AUTH=PLAIN" in imap.capabilities:
+            # Credentials are octets: what the POP2 client sent goes out as sent (surrogateescape).
+            return self._authenticate("PLAIN", f"{authz}\0{authc}\0{password}".encode("utf-8", "surrogateescape"))
+        if authz or "LOGINDISABLED" in imap.capabilities:
+            return False
+        return self._plain_login(authc, password)
+
+    def _login(self, send: Callable[[], bool]) -> bool:
         try:
-            return self._guarded("login", lambda: self._login(authz, authc, password))
+            return self._guarded("login", lambda: self._logged_in(send))
         finally:
             self.forget_commands()
 
-    def _login(self, authz: str, authc: str, password: str) -> bool:
+    def _logged_in(self, send: Callable[[], bool]) -> bool:
         imap = self._imap
         imap.untagged_responses.pop("CAPABILITY", None)  # only the login answer's may count
         try:
-            if "AUTH=PLAIN" in imap.capabilities:
-                self._auth_plain(authz, authc, password)
-            elif authz or "LOGINDISABLED" in imap.capabilities:
-                return False
-            elif not self._plain_login(authc, password):
+            if not send():
                 return False
         except imaplib.IMAP4.abort:
             raise
@@ -273,21 +289,26 @@ class ImapConn:
         """Drop imaplib's in-memory record of recent commands (it holds the LOGIN line)."""
         getattr(self._imap, "_cmd_log", {}).clear()
 
-    def _auth_plain(self, authz: str, authc: str, password: str) -> None:
-        # Credentials are octets: what the POP2 client sent goes out as sent (surrogateescape).
-        payload = [f"{authz}\0{authc}\0{password}".encode("utf-8", "surrogateescape")]
+    def _authenticate(self, mechanism: str, response: bytes) -> bool:
+        """AUTHENTICATE with one response; True once accepted (a refusal raises imaplib's error)."""
+        payload = [response]
 
         def answer(_challenge: bytes) -> bytes | None:
-            # The credentials go out once; a second challenge cancels the exchange.
+            # The credentials go out once; a second challenge (an error) cancels the exchange.
             return payload.pop() if payload else None
 
         imap = self._imap
-        if "SASL-IR" in imap.capabilities:  # RFC 4959: the credentials with the command, one round trip
-            typ, dat = imap._simple_command("AUTHENTICATE", "PLAIN", base64.b64encode(payload[0]).decode("ascii"))
+        if mechanism == "PLAIN" and "SASL-IR" in imap.capabilities:
+            # RFC 4959: the credentials with the command, one round trip. Only for PLAIN, whose
+            # refusal is a tagged NO; XOAUTH2 and OAUTHBEARER answer a bad token with a challenge
+            # that needs a reply, which imaplib's exchange below gives.
+            encoded = base64.b64encode(response).decode("ascii")
+            typ, dat = imap._simple_command("AUTHENTICATE", mechanism, encoded)
             if typ != "OK":
                 raise imaplib.IMAP4.error(dat[-1].decode("utf-8", "replace") if dat and dat[-1] else typ)
-            return
-        imap.authenticate("PLAIN", answer)
+            return True
+        imap.authenticate(mechanism, answer)
+        return True
 
     def _plain_login(self, user: str, password: str) -> bool:
         imap = self._imap

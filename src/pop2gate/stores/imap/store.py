@@ -19,6 +19,8 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, NoReturn, TypeVar, TypeVarTuple
 
+from ...oauth2.sasl import initial_response
+from ...oauth2.tokens import OAuthUnavailable, TokenSource
 from ...pop2.wire import FOLDER_SEPARATOR
 from ..base import MessageRef, Peer, StoreError
 from ..folders import encode_mutf7, is_inbox
@@ -102,6 +104,9 @@ class ImapStore:
         self._pool = ThreadPoolExecutor(max_workers=limits.imap_max_workers,
                                         thread_name_prefix=f"imap-{backend.name}")
         self._login_slots = asyncio.Semaphore(max(1, limits.imap_max_workers // 2))
+        self.oauth2 = backend.oauth2
+        self.tokens = (TokenSource(backend.name, backend.oauth2, limits.password_hash_workers)
+                       if backend.oauth2 is not None else None)
 
     async def run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -113,18 +118,25 @@ class ImapStore:
         if ids[0] and not self.master_login:
             log.warning("backend %s: %r is a master login, and master_login is off", self.name, user)
             return None
+        sasl = None
+        if self.tokens is not None:
+            sasl = await self._oauth2_login(user, password)
+            if sasl is None:
+                return None
         # Logins may wait on the backend (its login processes, its penalty for
         # failures); they get at most half the workers, so sessions already
         # logged in always have threads to finish and free the backend's slots.
         async with self._login_slots:
             try:
                 conn = await self.run(open_session, self.target, (peer.host, peer.port),
-                                      ids[0], ids[1], password)
+                                      ids[0], ids[1], password, sasl)
             except ConnError as err:
                 log.warning("backend %s: user %r: %s", self.name, user, err)
                 raise StoreError(UNAVAILABLE) from None
         if conn is None:
             log.info("backend %s: login refused for %r", self.name, user)
+            if self.tokens is not None:
+                self.tokens.forget(user)
             return None
         if ids[0] and not honours_authzid(conn.server_name):
             # A server that ignores the authorization identity would open the admin's own
@@ -135,8 +147,24 @@ class ImapStore:
             return None
         return ImapMailbox(self, conn, user)
 
+    async def _oauth2_login(self, user: str, password: str) -> tuple[str, bytes] | None:
+        """The SASL mechanism and initial response for `user`'s access token; None for a bad login."""
+        assert self.tokens is not None and self.oauth2 is not None
+        try:
+            access = await self.tokens.access(user, password)
+        except OAuthUnavailable as err:
+            log.warning("backend %s: user %r: %s", self.name, user, err)
+            raise StoreError(FAILED) from None
+        if access is None:
+            return None
+        mechanism = self.oauth2.mechanism
+        return mechanism, initial_response(mechanism, access.imap_user, access.token,
+                                           self.target.host, self.target.port)
+
     async def aclose(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.tokens is not None:
+            await self.tokens.aclose()
 
 
 class ImapMailbox:

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
+from ...passwords import check_password, hash_password, valid_user_name
 
-USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]{0,63}")
-# argon2id at the OWASP-recommended minimum (19 MiB, 2 passes, 1 lane): each
-# verification holds that much memory, so the store also bounds how many run at once.
-_hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
-
-
-def valid_user_name(name: str) -> bool:
-    return USER_NAME.fullmatch(name) is not None
+__all__ = ["read_users", "set_password", "valid_user_name", "verify"]
 
 
 def read_users(path: Path) -> dict[str, str]:
@@ -35,23 +25,9 @@ def read_users(path: Path) -> dict[str, str]:
     return users
 
 
-@lru_cache(maxsize=1)
-def _dummy_hash() -> str:
-    return _hasher.hash("pop2gate-no-such-user")
-
-
-def _octets(password: str) -> bytes:
-    """The password as the octets the client sent: UTF-8, any other octet kept as is."""
-    return password.encode("utf-8", "surrogateescape")
-
-
 def verify(users: dict[str, str], name: str, password: str) -> bool:
     """Check a password; unknown users cost the same time as known ones."""
-    hashed = users.get(name) if valid_user_name(name) else None
-    try:
-        return _hasher.verify(hashed or _dummy_hash(), _octets(password)) and hashed is not None
-    except (VerificationError, InvalidHashError):
-        return False
+    return check_password(users.get(name) if valid_user_name(name) else None, password)
 
 
 def set_password(path: Path, name: str, password: str) -> bool:
@@ -62,7 +38,7 @@ def set_password(path: Path, name: str, password: str) -> bool:
         raise ValueError("empty password")
     users = read_users(path)
     new = name not in users
-    users[name] = _hasher.hash(_octets(password))
+    users[name] = hash_password(password)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".users-", dir=path.parent)
     try:
