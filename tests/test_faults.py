@@ -437,7 +437,7 @@ async def test_other_client_expunges_an_announced_message_read_ahead(dovecot, ga
 
 async def test_read_again_after_other_client_expunged(dovecot, gate):
     """READ of a message announced before another client removed it gives `=0` (protocol.md
-    §4.3) once the server's last answer is older than `imap_recheck_interval` (the default,
+    §4.3) once the selection (and any NOOP) is older than `imap_recheck_interval` (the default,
     1 s, waited out here): a NOOP before the answer lets the server say so."""
     stored = fill(dovecot, "alice", [message(i) for i in range(1, 4)])
     uids = list(stored)
@@ -453,7 +453,7 @@ async def test_read_again_after_other_client_expunged(dovecot, gate):
 
 
 async def test_read_again_within_the_recheck_interval(dovecot, gate):
-    """Within `imap_recheck_interval` of the server's last answer a count already known is
+    """Within `imap_recheck_interval` of the selection a count already known is
     announced as it was, without asking: a message read ahead that another client removed
     meanwhile reads its old count and is sent whole from what was read; nothing is lost."""
     stored = fill(dovecot, "alice", [message(i) for i in range(1, 4)])

@@ -7,6 +7,7 @@ BODY.PEEK[], and what is left, flagged or removed is read back from it afterward
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -195,6 +196,22 @@ async def test_message_read_ahead_then_removed_is_sent_whole(imap_server: ImapSe
     assert await c.ackd() == len(wire(stored[uids[2]]))
     assert await c.retr() == wire(stored[uids[2]])
     await c.nack()
+    await c.quit()
+    assert sorted(srv.uids(USER)) == [uids[0], uids[2]]
+
+
+async def test_removal_older_than_the_recheck_interval_reads_zero(imap_server: ImapServer, gate) -> None:
+    """A message announced, then removed by another client more than `imap_recheck_interval`
+    ago, reads `=0` when announced again, even though other commands were answered since
+    (Courier reports an EXPUNGE only with a NOOP's answer, never with a UID FETCH's)."""
+    srv = imap_server
+    c, uids, _ = await logged_in(srv, gate, CORPUS[:3], {"imap_recheck_interval": 0.3, "imap_readahead": 0})
+    stored = srv.bodies(USER)
+    assert await c.read(2) == len(wire(stored[uids[1]]))
+    srv.store(USER, uids[1], r"\Deleted", expunge=True)
+    await asyncio.sleep(0.4)  # the removal is now older than the interval
+    assert await c.read(3) == len(wire(stored[uids[2]]))  # a fetch, answered just now
+    assert await c.read(2) == 0, srv.layout
     await c.quit()
     assert sorted(srv.uids(USER)) == [uids[0], uids[2]]
 

@@ -2,7 +2,7 @@
 are read ahead (limits.imap_readahead), one `UID FETCH` for many, the octets held in
 `imap_fetch_memory` until sent, every answer still confirmed by the server; ACKS flags go out
 together; RETR of a body read ahead asks nothing, and a count already known asks with a NOOP
-only once the server's last answer is `imap_recheck_interval` old.
+only once the selection or the last NOOP is `imap_recheck_interval` old.
 
 The IMAP commands the gateway sends are counted on the wire by a relay between it and Dovecot.
 """
@@ -244,8 +244,8 @@ async def test_retr_of_a_body_read_ahead_asks_nothing(dovecot, relayed):
 
 @pytest.mark.parametrize(("interval", "noops"), [(0, 2 * 29), (3600, 0)])
 async def test_announcements_ask_only_past_the_recheck_interval(dovecot, relayed, interval, noops):
-    """A count known from the read-ahead fetch is announced without a NOOP while the server's
-    last answer is younger than `imap_recheck_interval`; with 0, every announcement of a known
+    """A count known from the read-ahead fetch is announced without a NOOP while the selection
+    (or the last NOOP) is younger than `imap_recheck_interval`; with 0, every announcement of a known
     count (READ n, and ACKS announcing the next) asks first. (3600 s stands for "within the
     interval": the drain's time does not matter.)"""
     bodies = fill(dovecot, 30, 2000)

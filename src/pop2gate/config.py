@@ -278,8 +278,9 @@ class Limits(_Model):
     imap_recheck_interval: float = Field(
         1.0, ge=0, le=3600,
         description="IMAP backends: a message count pop2gate already knows (a message read ahead, one "
-                    "announced before) is announced without asking the server again while the server's last "
-                    "answer on that connection is younger than this; older, a `NOOP` first lets the server "
+                    "announced before) is announced without asking the server again while the last time it "
+                    "was asked what changed (the folder's selection, a `NOOP`) is younger than this; older, a "
+                    "`NOOP` first lets the server "
                     "report messages another client removed, which then read `=0`. 0: always ask. Within "
                     "it, a message read ahead that another client removed is still sent whole from what "
                     "was read; never a wrong count, never anything lost. See [imap.md](imap.md).")

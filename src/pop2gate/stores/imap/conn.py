@@ -176,10 +176,10 @@ class ImapConn:
         self.server_name: str | None = None  # what the server's ID answer calls it
         self.sequence: list[int] = []  # the selected folder's UIDs in sequence order
         self.gone: set[int] = set()  # UIDs another client expunged since the snapshot
-        # When the last command that got its tagged answer was sent (monotonic): the server
-        # sends pending EXPUNGE responses with any command's answer, so every removal before
-        # it is in `gone`.
-        self.answered_at = float("-inf")
+        # When the server was last asked what changed (monotonic: when the NOOP was sent, or
+        # the folder selected): every removal before it is in `gone`. Only those answers count:
+        # Courier reports an EXPUNGE with a NOOP's answer, never with a UID FETCH's or STORE's.
+        self.checked_at = float("-inf")
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -198,9 +198,9 @@ class ImapConn:
                 self._broken = True
                 raise ConnError(f"{what}: {_reason(err)}") from None
 
-    def answer_age(self) -> float:
-        """Seconds since the last answered command was sent (`answered_at`)."""
-        return time.monotonic() - self.answered_at
+    def check_age(self) -> float:
+        """Seconds since the server was last asked what changed (`checked_at`)."""
+        return time.monotonic() - self.checked_at
 
     def _run(self, *args: str | bytes) -> tuple[str, bytes, list[FetchPiece]]:
         """Send one command; return (status, tagged text, FETCH pieces)."""
@@ -208,9 +208,7 @@ class ImapConn:
         imap.untagged_responses = {}
         typ: str
         dat: list[bytes | None]
-        sent = time.monotonic()
         typ, dat = imap._simple_command(*args)  # imaplib's own command runner (untyped)
-        self.answered_at = sent
         self._note_expunges(imap.untagged_responses.pop("EXPUNGE", []))
         if "UIDVALIDITY" in imap.untagged_responses:
             # UIDs no longer name the messages they named at SELECT.
@@ -383,19 +381,25 @@ class ImapConn:
         """NOOP: lets the server tell what changed (EXPUNGE responses land in `gone`)."""
 
         def run() -> None:
+            sent = time.monotonic()
             typ, _, _ = self._run("NOOP")
             if typ != "OK":
                 raise ConnError(f"NOOP: {typ}")
+            self.checked_at = sent
 
         self._guarded("NOOP", run)
 
     def open_folder(self, name: str) -> list[tuple[int, int, bool]] | None:
         """`select` then `snapshot`, in one call (one trip to a worker thread); None when the
-        folder was refused."""
+        folder was refused. The selection counts as the server's report of what changed
+        (`checked_at`)."""
+        sent = time.monotonic()
         exists = self.select(name)
         if exists is None:
             return None
-        return self.snapshot() if exists else []
+        snap = self.snapshot() if exists else []
+        self.checked_at = sent
+        return snap
 
     def snapshot(self) -> list[tuple[int, int, bool]]:
         """(UID, RFC822.SIZE, seen) of every message not flagged \\Deleted, by UID. Every UID

@@ -228,10 +228,10 @@ class ImapMailbox:
         server no longer gives, or whose last octets do not come back in full, is never
         announced (Courier's placeholder for a removed message has another size); a count
         already known (`recheck`: announcing a message again, a message read ahead) asks with
-        a NOOP first when the server's last answer is `imap_recheck_interval` old or older,
-        or the count could be one from before a removal."""
+        a NOOP first when the server was last asked what changed (a NOOP, the selection)
+        `imap_recheck_interval` ago or longer, or the count could be one from before a removal."""
         interval = self.store.limits.imap_recheck_interval
-        if recheck and uid in self.ended and self.conn.answer_age() >= interval:
+        if recheck and uid in self.ended and self.conn.check_age() >= interval:
             await self._call("NOOP", self.conn.noop)
         if uid not in self.ended and uid not in self.conn.gone:
             await self._learn(uid)
