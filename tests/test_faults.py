@@ -81,6 +81,17 @@ class Wire:
     async def data(self, n: int) -> bytes:
         return await asyncio.wait_for(self.reader.readexactly(n), 15)
 
+    async def retr_ackd(self, body: bytes) -> int:
+        """RETR, which must give exactly `body`, then ACKD; the next message's count."""
+        self.writer.write(b"RETR\r\n")
+        assert await self.data(len(body)) == body
+        return await self.count("ACKD")
+
+    async def quit(self) -> None:
+        """QUIT: `+ OK`, then the server closes."""
+        assert await self.send("QUIT") == b"+ OK\r\n"
+        assert await self.rest() == b""
+
     async def rest(self, timeout: float = 15) -> bytes:
         """Everything until the server closes."""
         return await asyncio.wait_for(self.reader.read(-1), timeout)
@@ -199,7 +210,9 @@ async def stopped_session(dovecot: Dovecot, gate, where: str) -> dict[int, bytes
     `where` (or before HELO); the gateway's IMAP timeouts must end the session. SIGCONT after."""
     stored = fill(dovecot, "alice", [message(i) for i in range(1, 4)])
     uids = list(stored)
-    g = await gate(dovecot, {"imap_command_timeout": 0.5, "imap_connect_timeout": 0.5})
+    # No read-ahead: every step after the stop asks the server (a body read ahead is sent,
+    # and a count read ahead announced, from memory).
+    g = await gate(dovecot, {"imap_command_timeout": 0.5, "imap_connect_timeout": 0.5, "imap_readahead": 0})
     c = await g.wire()
     try:
         if where != "login":
@@ -379,22 +392,20 @@ async def test_other_client_expunges_mid_session(dovecot, gate, logs):
         dovecot.expunge("alice", uid)
     assert await c.send("READ 1") == b"=0 no message 1\r\n"
     assert await c.count("READ 2") == len(stored[uids[1]])
-    c.writer.write(b"RETR\r\n")
-    assert await c.data(len(stored[uids[1]])) == stored[uids[1]]
-    assert await c.count("ACKD") == len(stored[uids[2]])
-    assert await c.send("QUIT") == b"+ OK\r\n"
-    assert await c.rest() == b""
+    assert await c.retr_ackd(stored[uids[1]]) == len(stored[uids[2]])
+    await c.quit()
     await g.idle()
     assert_logged(logs, "deleted ", "quit ")
     assert_kept(dovecot, "alice", {u: stored[u] for u in (uids[2], uids[4])})
 
 
 async def test_other_client_expunges_an_announced_message(dovecot, gate, logs):
-    """`=c` went out, then another client removed the message: RETR sends fewer than c octets
-    and closes; nothing else is touched."""
+    """`=c` went out, then another client removed the message, which was not read ahead
+    (`imap_readahead = 0`): RETR sends fewer than c octets and closes; nothing else is
+    touched."""
     stored = fill(dovecot, "alice", [message(i) for i in range(1, 4)])
     uids = list(stored)
-    g = await gate(dovecot)
+    g = await gate(dovecot, {"imap_readahead": 0})
     c = await g.wire()
     assert await c.helo("alice", USERS["alice"]) == 3
     announced = await c.count("READ 2")
@@ -406,9 +417,28 @@ async def test_other_client_expunges_an_announced_message(dovecot, gate, logs):
     assert_kept(dovecot, "alice", {u: stored[u] for u in (uids[0], uids[2])})
 
 
+async def test_other_client_expunges_an_announced_message_read_ahead(dovecot, gate, logs):
+    """`=c` went out for a message read ahead, then another client removed it: its octets are
+    in hand, so RETR sends all c of them (the only correct end once `=c` is out); ACKD of it
+    deletes nothing else, and the session goes on."""
+    stored = fill(dovecot, "alice", [message(i) for i in range(1, 4)])
+    uids = list(stored)
+    g = await gate(dovecot, {"imap_recheck_interval": 0})  # even when every announcement asks
+    c = await g.wire()
+    assert await c.helo("alice", USERS["alice"]) == 3
+    assert await c.count("READ 2") == len(stored[uids[1]])
+    dovecot.expunge("alice", uids[1])
+    assert await c.retr_ackd(stored[uids[1]]) == len(stored[uids[2]])
+    await c.quit()
+    await g.idle()
+    assert_logged(logs, "quit ")
+    assert_kept(dovecot, "alice", {u: stored[u] for u in (uids[0], uids[2])})
+
+
 async def test_read_again_after_other_client_expunged(dovecot, gate):
     """READ of a message announced before another client removed it gives `=0` (protocol.md
-    §4.3): a NOOP before the answer lets the server say so."""
+    §4.3) once the selection (and any NOOP) is older than `imap_recheck_interval` (the default,
+    1 s, waited out here): a NOOP before the answer lets the server say so."""
     stored = fill(dovecot, "alice", [message(i) for i in range(1, 4)])
     uids = list(stored)
     g = await gate(dovecot)
@@ -416,9 +446,29 @@ async def test_read_again_after_other_client_expunged(dovecot, gate):
     assert await c.helo("alice", USERS["alice"]) == 3
     assert await c.count("READ 2") == len(stored[uids[1]])
     dovecot.expunge("alice", uids[1])
+    await asyncio.sleep(1.2)  # past the default imap_recheck_interval
     assert await c.send("READ 2") == b"=0 no message 2\r\n"
     assert await c.count("READ 3") == len(stored[uids[2]])  # the others keep their numbers
     assert await c.send("QUIT") == b"+ OK\r\n"
+
+
+async def test_read_again_within_the_recheck_interval(dovecot, gate):
+    """Within `imap_recheck_interval` of the selection a count already known is
+    announced as it was, without asking: a message read ahead that another client removed
+    meanwhile reads its old count and is sent whole from what was read; nothing is lost."""
+    stored = fill(dovecot, "alice", [message(i) for i in range(1, 4)])
+    uids = list(stored)
+    g = await gate(dovecot, {"imap_recheck_interval": 3600})
+    c = await g.wire()
+    assert await c.helo("alice", USERS["alice"]) == 3
+    assert await c.count("READ 2") == len(stored[uids[1]])
+    dovecot.expunge("alice", uids[1])
+    assert await c.count("READ 2") == len(stored[uids[1]])
+    c.writer.write(b"RETR\r\n")
+    assert await c.data(len(stored[uids[1]])) == stored[uids[1]]
+    assert await c.count("NACK") == len(stored[uids[1]])
+    assert await c.send("QUIT") == b"+ OK\r\n"
+    assert_kept(dovecot, "alice", {u: stored[u] for u in (uids[0], uids[2])})
 
 
 async def test_two_sessions_of_one_user(dovecot, gate, logs):

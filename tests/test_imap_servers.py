@@ -7,6 +7,7 @@ BODY.PEEK[], and what is left, flagged or removed is read back from it afterward
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -57,13 +58,13 @@ def wire(data: bytes) -> bytes:
 
 @pytest.fixture
 async def gate(imap_server: ImapServer) -> AsyncIterator[Callable[..., Awaitable[Connect]]]:
-    """`await gate(**backend_keys)` starts a gateway in front of the server (`Connect`)."""
+    """`await gate(limits=None, **backend_keys)` starts a gateway in front of the server (`Connect`)."""
     gateways = Gateways()
 
-    async def make(**extra: object) -> Connect:
+    async def make(limits: dict[str, object] | None = None, **extra: object) -> Connect:
         config = parse_config({
             "server": {"hostname": "test.invalid", "listen": ["127.0.0.1:0"]},
-            "limits": {"bad_login_delay": 0.05, "close_linger": 0.1},
+            "limits": {"bad_login_delay": 0.05, "close_linger": 0.1, **(limits or {})},
             "backend": [imap_server.backend(**extra)],
             "routing": {"default": "srv"},
         })
@@ -73,11 +74,12 @@ async def gate(imap_server: ImapServer) -> AsyncIterator[Callable[..., Awaitable
     await gateways.aclose()
 
 
-async def logged_in(srv: ImapServer, gate, messages: list[bytes]) -> tuple[AsyncClient, list[int], Connect]:
+async def logged_in(srv: ImapServer, gate, messages: list[bytes],
+                    limits: dict[str, object] | None = None) -> tuple[AsyncClient, list[int], Connect]:
     """An INBOX holding just `messages`, and a POP2 client logged in to it through a new gateway."""
     srv.clear(USER)
     uids = [srv.append(USER, m) for m in messages]
-    connect = await gate()
+    connect = await gate(limits)
     c = await connect()
     assert await c.helo(USER, srv.users[USER]) == len(messages)
     return c, uids, connect
@@ -164,10 +166,11 @@ async def test_ackd_then_drop_removes_nothing(imap_server: ImapServer, gate) -> 
 
 @pytest.mark.parametrize("announced", [False, True], ids=["first-read", "read-again"])
 async def test_message_another_client_expunged_reads_zero(imap_server: ImapServer, gate, announced) -> None:
-    """A message another client removed after HELO reads `=0`, on its first READ too; the
-    others are served and nothing else goes."""
+    """A message another client removed after HELO reads `=0`, on its first READ too (and on
+    the next, with `imap_recheck_interval = 0`: a count already known always asks); the others
+    are served and nothing else goes."""
     srv = imap_server
-    c, uids, _ = await logged_in(srv, gate, CORPUS[:3])
+    c, uids, _ = await logged_in(srv, gate, CORPUS[:3], {"imap_recheck_interval": 0})
     stored = srv.bodies(USER)
     if announced:
         assert await c.read(2) == len(wire(stored[uids[1]]))
@@ -178,6 +181,39 @@ async def test_message_another_client_expunged_reads_zero(imap_server: ImapServe
     assert await c.ackd() == 0
     await c.quit()
     assert sorted(srv.uids(USER)) == [uids[0]]
+
+
+async def test_message_read_ahead_then_removed_is_sent_whole(imap_server: ImapServer, gate) -> None:
+    """A message read ahead and announced, then removed by another client: RETR sends every
+    announced octet from what was read (Courier's placeholder never reaches the client); the
+    session goes on and nothing else goes."""
+    srv = imap_server
+    c, uids, _ = await logged_in(srv, gate, CORPUS[:3], {"imap_recheck_interval": 0})
+    stored = srv.bodies(USER)
+    assert await c.read(2) == len(wire(stored[uids[1]]))
+    srv.store(USER, uids[1], r"\Deleted", expunge=True)
+    assert await c.retr() == wire(stored[uids[1]]), srv.layout
+    assert await c.ackd() == len(wire(stored[uids[2]]))
+    assert await c.retr() == wire(stored[uids[2]])
+    await c.nack()
+    await c.quit()
+    assert sorted(srv.uids(USER)) == [uids[0], uids[2]]
+
+
+async def test_removal_older_than_the_recheck_interval_reads_zero(imap_server: ImapServer, gate) -> None:
+    """A message announced, then removed by another client more than `imap_recheck_interval`
+    ago, reads `=0` when announced again, even though other commands were answered since
+    (Courier reports an EXPUNGE only with a NOOP's answer, never with a UID FETCH's)."""
+    srv = imap_server
+    c, uids, _ = await logged_in(srv, gate, CORPUS[:3], {"imap_recheck_interval": 0.3, "imap_readahead": 0})
+    stored = srv.bodies(USER)
+    assert await c.read(2) == len(wire(stored[uids[1]]))
+    srv.store(USER, uids[1], r"\Deleted", expunge=True)
+    await asyncio.sleep(0.4)  # the removal is now older than the interval
+    assert await c.read(3) == len(wire(stored[uids[2]]))  # a fetch, answered just now
+    assert await c.read(2) == 0, srv.layout
+    await c.quit()
+    assert sorted(srv.uids(USER)) == [uids[0], uids[2]]
 
 
 async def test_wrong_password_is_a_bad_login(imap_server: ImapServer, gate, caplog) -> None:

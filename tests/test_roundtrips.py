@@ -1,7 +1,8 @@
 """IMAP round trips per POP2 step: a login asks nothing it was already told; small messages
 are read ahead (limits.imap_readahead), one `UID FETCH` for many, the octets held in
 `imap_fetch_memory` until sent, every answer still confirmed by the server; ACKS flags go out
-together.
+together; RETR of a body read ahead asks nothing, and a count already known asks with a NOOP
+only once the selection or the last NOOP is `imap_recheck_interval` old.
 
 The IMAP commands the gateway sends are counted on the wire by a relay between it and Dovecot.
 """
@@ -124,7 +125,7 @@ async def test_small_messages_come_in_one_fetch_for_many(dovecot, relayed):
     port, relay, store = await relayed()
     got = await drain(port)
     await relay.logged_out()
-    assert got == [b if b.endswith(b"\r\n") else b + b"\r\n" for b in bodies]
+    assert got == [wire(b) for b in bodies]
     fetches = relay.commands("UID FETCH")
     assert len(fetches) == 2, fetches  # the snapshot, then every body at once
     assert not relay.commands(r"UID FETCH \d+ \([^)]*BODY\.PEEK\[\]<")  # no tail fetches
@@ -170,6 +171,11 @@ async def test_read_ahead_stops_at_its_octets_and_at_a_large_message(dovecot, re
     assert store.budget.used == 0
 
 
+def wire(body: bytes) -> bytes:
+    """What RETR sends for `body`: its last line ended."""
+    return body if body.endswith(b"\r\n") else body + b"\r\n"
+
+
 def uid_count(uid_set: bytes) -> int:
     return sum(int(b) - int(a) + 1 if b else 1
                for a, _, b in (part.partition(b":") for part in uid_set.split(b",")))
@@ -183,7 +189,7 @@ async def test_no_room_in_the_budget_reads_one_message_at_a_time(dovecot, relaye
         got = await drain(port)
     finally:
         store.budget.used = store.budget.held = 0
-    assert got == [b if b.endswith(b"\r\n") else b + b"\r\n" for b in bodies]
+    assert got == [wire(b) for b in bodies]
     assert len(relay.commands(r"UID FETCH \d+ \([^)]*BODY\.PEEK\[\]<")) == 5  # each one's tail, as before
 
 
@@ -214,3 +220,39 @@ async def test_login_asks_nothing_it_was_told(dovecot, relayed):
     verbs = [line.split(b" ")[1].upper() for line in bytes(relay.sent).split(b"\r\n") if line]
     assert verbs == [b"ID", b"AUTHENTICATE", b"SELECT", b"UID", b"LOGOUT"], verbs
     assert len(relay.commands(r"AUTHENTICATE PLAIN \S+")) == 1  # the credentials in the command
+
+
+async def test_retr_of_a_body_read_ahead_asks_nothing(dovecot, relayed):
+    """RETR of a body read ahead sends it from memory: its count went out, the octets are in
+    hand. Even with `imap_recheck_interval = 0` (an announcement always asks first)."""
+    want = wire(fill(dovecot, 3, 2000)[1])
+    port, relay, _ = await relayed({"imap_recheck_interval": 0})
+    c = await AsyncClient.connect(HOST, port, timeout=15)
+    assert await c.helo("alice", USERS["alice"]) == 3
+    assert await c.read(2) == len(want)  # the first count: the read-ahead fetch, no NOOP
+    assert len(relay.commands("NOOP")) == 0
+    assert await c.retr() == want
+    assert len(relay.commands("NOOP")) == 0  # RETR asked nothing
+    assert await c.nack() == len(want)  # announced again: asks first (interval 0)
+    assert len(relay.commands("NOOP")) == 1
+    assert await c.retr() == want  # no longer in memory: fetched, without a NOOP
+    assert len(relay.commands("NOOP")) == 1
+    assert len(relay.commands(r"UID FETCH \d+ \(BODY\.PEEK\[\]\)")) == 1
+    await c.nack()
+    await c.quit()
+
+
+@pytest.mark.parametrize(("interval", "noops"), [(0, 2 * 29), (3600, 0)])
+async def test_announcements_ask_only_past_the_recheck_interval(dovecot, relayed, interval, noops):
+    """A count known from the read-ahead fetch is announced without a NOOP while the selection
+    (or the last NOOP) is younger than `imap_recheck_interval`; with 0, every announcement of a known
+    count (READ n, and ACKS announcing the next) asks first. (3600 s stands for "within the
+    interval": the drain's time does not matter.)"""
+    bodies = fill(dovecot, 30, 2000)
+    port, relay, store = await relayed({"imap_recheck_interval": interval})
+    got = await drain(port)
+    await relay.logged_out()
+    assert got == [wire(b) for b in bodies]
+    assert len(relay.commands("NOOP")) == noops
+    assert len(relay.commands("UID FETCH")) == 2  # the snapshot, then every body at once
+    assert store.budget.used == 0 and store.budget.held == 0

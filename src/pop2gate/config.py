@@ -275,6 +275,15 @@ class Limits(_Model):
                     "A message counts as small up to half of it, and at most `imap_fetch_chunk`. Held in "
                     "`imap_fetch_memory` until sent; read-ahead never waits for room, and all sessions' read-ahead "
                     "together holds at most half of `imap_fetch_memory`.")
+    imap_recheck_interval: float = Field(
+        1.0, ge=0, le=3600,
+        description="IMAP backends: a message count pop2gate already knows (a message read ahead, one "
+                    "announced before) is announced without asking the server again while the last time it "
+                    "was asked what changed (the folder's selection, a `NOOP`) is younger than this; older, a "
+                    "`NOOP` first lets the server "
+                    "report messages another client removed, which then read `=0`. 0: always ask. Within "
+                    "it, a message read ahead that another client removed is still sent whole from what "
+                    "was read; never a wrong count, never anything lost. See [imap.md](imap.md).")
     imap_budget_timeout: float = Field(
         30, gt=0, description="IMAP backends: time a session waits for room in `imap_fetch_memory` before a "
                               "fetch. Past it the RETR fails like any backend failure (the connection closes "

@@ -16,6 +16,7 @@ import ipaddress
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,10 @@ class ImapConn:
         self.server_name: str | None = None  # what the server's ID answer calls it
         self.sequence: list[int] = []  # the selected folder's UIDs in sequence order
         self.gone: set[int] = set()  # UIDs another client expunged since the snapshot
+        # When the server was last asked what changed (monotonic: when the NOOP was sent, or
+        # the folder selected): every removal before it is in `gone`. Only those answers count:
+        # Courier reports an EXPUNGE with a NOOP's answer, never with a UID FETCH's or STORE's.
+        self.checked_at = float("-inf")
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -192,6 +197,10 @@ class ImapConn:
             except _FAILURES as err:
                 self._broken = True
                 raise ConnError(f"{what}: {_reason(err)}") from None
+
+    def check_age(self) -> float:
+        """Seconds since the server was last asked what changed (`checked_at`)."""
+        return time.monotonic() - self.checked_at
 
     def _run(self, *args: str | bytes) -> tuple[str, bytes, list[FetchPiece]]:
         """Send one command; return (status, tagged text, FETCH pieces)."""
@@ -372,19 +381,25 @@ class ImapConn:
         """NOOP: lets the server tell what changed (EXPUNGE responses land in `gone`)."""
 
         def run() -> None:
+            sent = time.monotonic()
             typ, _, _ = self._run("NOOP")
             if typ != "OK":
                 raise ConnError(f"NOOP: {typ}")
+            self.checked_at = sent
 
         self._guarded("NOOP", run)
 
     def open_folder(self, name: str) -> list[tuple[int, int, bool]] | None:
         """`select` then `snapshot`, in one call (one trip to a worker thread); None when the
-        folder was refused."""
+        folder was refused. The selection counts as the server's report of what changed
+        (`checked_at`)."""
+        sent = time.monotonic()
         exists = self.select(name)
         if exists is None:
             return None
-        return self.snapshot() if exists else []
+        snap = self.snapshot() if exists else []
+        self.checked_at = sent
+        return snap
 
     def snapshot(self) -> list[tuple[int, int, bool]]:
         """(UID, RFC822.SIZE, seen) of every message not flagged \\Deleted, by UID. Every UID

@@ -227,9 +227,11 @@ class ImapMailbox:
         in the same command (a tail fetch, or the read-ahead fetch of its body), and a size the
         server no longer gives, or whose last octets do not come back in full, is never
         announced (Courier's placeholder for a removed message has another size); a count
-        already known (`recheck`: announcing a message again, a message read ahead, RETR of a
-        body read ahead) asks with a NOOP first, or it would be the old one."""
-        if recheck and uid in self.ended:
+        already known (`recheck`: announcing a message again, a message read ahead) asks with
+        a NOOP first when the server was last asked what changed (a NOOP, the selection)
+        `imap_recheck_interval` ago or longer, or the count could be one from before a removal."""
+        interval = self.store.limits.imap_recheck_interval
+        if recheck and uid in self.ended and self.conn.check_age() >= interval:
             await self._call("NOOP", self.conn.noop)
         if uid not in self.ended and uid not in self.conn.gone:
             await self._learn(uid)
@@ -310,13 +312,16 @@ class ImapMailbox:
         return self.store.form.size(await self._ended(uid, recheck=True), msg.seen)
 
     async def fetch(self, msg: MessageRef) -> AsyncGenerator[bytes, None]:
+        """The message's octets in wire form. A body read ahead is sent from memory, asking the
+        server nothing: its count went out and these octets are exactly it, so even when
+        another client has removed it since, sending it whole is the only correct end."""
         uid = self._uid(msg)
-        ended = 0 if uid is None else await self._ended(uid, recheck=uid in self._ahead)
-        if uid is None or ended == 0:
+        body = None if uid is None else self._ahead.pop(uid, None)
+        ended = 0 if uid is None or body is not None else await self._ended(uid)
+        if uid is None or (body is None and ended == 0):
             raise StoreError("No such message")
         enc = self.store.form.encoder(msg.seen, bare_lf=False)
         piece = self.store.limits.retr_chunk_size  # what the session writes at a time
-        body = self._ahead.pop(uid, None)
         if body is not None:
             self.store.budget.unhold(len(body))
             for i in range(0, len(body), piece):
