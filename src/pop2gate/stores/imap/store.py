@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, NoReturn, TypeVar, TypeVarTuple
 
 from ...oauth2.sasl import initial_response
-from ...oauth2.tokens import OAuthUnavailable, TokenSource
 from ...pop2.wire import FOLDER_SEPARATOR
 from ..base import MessageRef, Peer, StoreError
 from ..folders import encode_mutf7, is_inbox
@@ -31,6 +30,7 @@ from .conn import ConnError, ImapConn, Target, open_session, tls_context
 
 if TYPE_CHECKING:
     from ...config import Limits
+    from ...oauth2.tokens import TokenSource
 
 log = logging.getLogger("pop2gate.imap")
 T = TypeVar("T")
@@ -105,8 +105,11 @@ class ImapStore:
                                         thread_name_prefix=f"imap-{backend.name}")
         self._login_slots = asyncio.Semaphore(max(1, limits.imap_max_workers // 2))
         self.oauth2 = backend.oauth2
-        self.tokens = (TokenSource(backend.name, backend.oauth2, limits.password_hash_workers)
-                       if backend.oauth2 is not None else None)
+        self.tokens: TokenSource | None = None
+        if backend.oauth2 is not None:  # httpx and its network layer only where OAuth2 is configured
+            from ...oauth2.tokens import TokenSource
+
+            self.tokens = TokenSource(backend.name, backend.oauth2, limits.password_hash_workers)
 
     async def run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -149,6 +152,8 @@ class ImapStore:
 
     async def _oauth2_login(self, user: str, password: str) -> tuple[str, bytes] | None:
         """The SASL mechanism and initial response for `user`'s access token; None for a bad login."""
+        from ...oauth2.tokens import OAuthUnavailable  # loaded with TokenSource, before any privilege drop
+
         assert self.tokens is not None and self.oauth2 is not None
         try:
             access = await self.tokens.access(user, password)
