@@ -70,6 +70,7 @@ class Gateway:
         self._stores_of: dict[asyncio.Task[None], dict[str, MailStore]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self.metrics = Metrics()
+        self.metrics.sessions_active.set_function(lambda: len(self.sessions))  # read at each scrape
         self.exporter: Exporter | None = None  # `[metrics] listen`, started with the listeners
 
     @property

@@ -95,7 +95,6 @@ class Session:
     async def run(self) -> None:
         log.info("connect %s", self.tag, extra=self._event("connect"))
         self.metrics.sessions.inc()
-        self.metrics.sessions_active.inc()
         try:
             version = __version__ if self.settings.show_version else None
             await self._write(self.proto.greeting(self.settings.hostname, version))
@@ -124,10 +123,7 @@ class Session:
             log.exception("internal error %s", self.tag)
             await self._write_quietly(self.proto.send_error(Reason.SERVER_ERROR))
         finally:
-            try:
-                await self._end()
-            finally:
-                self.metrics.sessions_active.dec()
+            await self._end()
 
     async def _end(self) -> None:
         if self.mailbox is not None:
