@@ -272,9 +272,12 @@ class ImapMailbox:
         when `uid` is not small (at most half of `imap_readahead`, and of `imap_fetch_chunk`
         so no literal is longer than a fetch may be) or the budget has no room to spare now."""
         limit = min(self.store.limits.imap_readahead, 2 * self.store.limits.imap_fetch_chunk)
+        if self.sizes[uid] * 2 > limit or uid not in self._position:
+            return False  # not small: without a copy of the rest of the folder for each large message
         batch: list[int] = []
         total = 0
-        for next_uid in self._order[self._position.get(uid, len(self._order)):]:
+        for i in range(self._position[uid], len(self._order)):
+            next_uid = self._order[i]
             size = self.sizes[next_uid]
             if next_uid in self.ended or size == 0:
                 continue
