@@ -35,11 +35,6 @@ def begin_session() -> str:
     return sid
 
 
-def session_id() -> str:
-    """The running task's session id; a new one if it has none yet."""
-    return _session.get() or begin_session()
-
-
 def event(name: str, **fields: object) -> dict[str, object]:
     """`extra=` for an event line: its name and fields, which JSON lines show as keys."""
     return {"event": name, "fields": fields}

@@ -329,6 +329,7 @@ async def serve_stdio(config: Config) -> None:
         peer = Peer("stdio", 0)
         reader, writer = await _pipe_streams(loop)
     gateway = Gateway(config)
+    begin_session()  # as a listener's connection does (_accept)
     try:
         await gateway.handle(reader, writer, peer)
     finally:

@@ -69,7 +69,6 @@ class Session:
         self.current = 1
         self.acked: set[int] = set()
         self.backend = ""  # the backend's name once the login is routed
-        self.id = logs.session_id()  # on every log line of this task
         self._task = asyncio.current_task()  # the connection's own task
         self._shed = False
         loop = asyncio.get_running_loop()
