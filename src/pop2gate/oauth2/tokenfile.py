@@ -23,7 +23,7 @@ from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..passwords import check_password, hash_password, valid_user_name
+from ..passwords import check_password, hash_password, octets, valid_user_name
 
 FORMAT = "pop2gate-oauth2 1"
 # The key's derivation costs what the password hash beside it costs: either is the same
@@ -53,7 +53,7 @@ def derive_key(password: str, salt: bytes, kdf: dict[str, Any] = KDF) -> bytes:
     """The 256-bit sealing key for this password and salt."""
     if kdf.get("name") != "argon2id":
         raise TokenFileError(f"unknown key derivation {kdf.get('name')!r}")
-    return hash_secret_raw(password.encode("utf-8", "surrogateescape"), salt,
+    return hash_secret_raw(octets(password), salt,
                            time_cost=int(kdf["time_cost"]), memory_cost=int(kdf["memory_cost"]),
                            parallelism=int(kdf["parallelism"]), hash_len=32, type=Type.ID)
 
