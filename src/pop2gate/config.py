@@ -341,6 +341,10 @@ class LogSettings(_Model):
             _split_listen(value)
         return value
 
+    def syslog_target(self) -> str | tuple[str, int]:
+        """`syslog_address` as SysLogHandler takes it: a socket path, or (host, port)."""
+        return self.syslog_address if self.syslog_address.startswith("/") else _split_listen(self.syslog_address)
+
 
 class MetricsSettings(_Model):
     """Prometheus metrics (counters end in `_total`): `pop2gate_sessions_active`,

@@ -107,12 +107,8 @@ def stderr_is_the_client() -> bool:
 
 
 def _syslog_handler(settings: LogSettings) -> logging.Handler:
-    address: str | tuple[str, int] = settings.syslog_address
-    if not settings.syslog_address.startswith("/"):
-        host, _, port = settings.syslog_address.rpartition(":")
-        address = (host.strip("[]"), int(port))
     facility = logging.handlers.SysLogHandler.facility_names[settings.syslog_facility]
-    handler = logging.handlers.SysLogHandler(address, facility)  # a socket path: datagram, else stream
+    handler = logging.handlers.SysLogHandler(settings.syslog_target(), facility)  # a socket path: datagram, else stream
     handler.ident = f"pop2gate[{os.getpid()}]: "
     return handler
 
