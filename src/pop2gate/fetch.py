@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .check.targets import TargetError, parse_target
-from .mailfiles import Pending, WriteError, Writer
+from .mailfiles import Pending, WriteError, Writer, disk_errors
 from .pop2.client import (
     DEFAULT_PORT,
     Client,
@@ -167,10 +167,8 @@ class _Counted:
         self._pending, self._where, self._progress = pending, where, progress
 
     def write(self, data: bytes, /) -> object:
-        try:
+        with disk_errors(self._where):
             self._pending.file.write(data)
-        except OSError as err:
-            raise WriteError(f"cannot write {self._where}: {err.strerror or err}") from err
         self._progress.advance(len(data))
         return len(data)
 

@@ -60,7 +60,7 @@ class Writer(Protocol):
 
 
 @contextlib.contextmanager
-def _disk(what: object) -> Iterator[None]:
+def disk_errors(what: object) -> Iterator[None]:
     """OSError as WriteError naming `what`."""
     try:
         yield
@@ -87,17 +87,17 @@ class _MaildirPending:
     def __init__(self, maildir: Path, name: str) -> None:
         self._dir, self._name = maildir, name
         self._tmp = maildir / "tmp" / name
-        with _disk(self._tmp):
+        with disk_errors(self._tmp):
             self.file: IO[bytes] = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/discard
 
     def commit(self) -> str:
         new = self._dir / "new" / self._name
         try:
-            with _disk(self._tmp):
+            with disk_errors(self._tmp):
                 self.file.flush()
                 os.fsync(self.file.fileno())
                 self.file.close()
-            with _disk(new):
+            with disk_errors(new):
                 os.rename(self._tmp, new)
                 _fsync_dir(self._dir / "new")
         except WriteError:
@@ -116,7 +116,7 @@ class MaildirWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        with _disk(path):
+        with disk_errors(path):
             created = not (path / "new").is_dir()
             make_maildir(path)
             if created:  # the new directories themselves survive a crash
@@ -209,7 +209,7 @@ class _MboxPending:
 
     def commit(self) -> str:
         try:
-            with _disk(self._path):
+            with disk_errors(self._path):
                 fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 with os.fdopen(fd, "ab") as out:
                     _lock(out, self._path)
@@ -247,7 +247,7 @@ class MboxWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        with _disk(path):
+        with disk_errors(path):
             if not path.exists():
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
                 _fsync_dir(path.parent)
@@ -272,7 +272,7 @@ class _StdoutPending:
     def commit(self) -> str:
         out = sys.stdout.buffer
         try:
-            with _disk("stdout"):
+            with disk_errors("stdout"):
                 sys.stdout.flush()
                 self.file.seek(0)
                 shutil.copyfileobj(self.file, out)
