@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from .config import Config, Limits, LogSettings, MetricsSettings, Routing, ServerSettings
+from .config_show import toml_value
 from .stores.base import BackendConfig
 from .stores.registry import BACKENDS
 
@@ -92,18 +93,6 @@ def _type(field: FieldInfo, key: str) -> str:
     return text + (f" ({', '.join(bounds)})" if bounds else "")
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{}" if not value else "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    return str(value)
-
-
 def _default(field: FieldInfo) -> str:
     extra = field.json_schema_extra
     if isinstance(extra, dict) and isinstance(extra.get("doc_default"), str):
@@ -112,7 +101,7 @@ def _default(field: FieldInfo) -> str:
         return "required"
     if field.default is None:
         return "unset"
-    return f"`{_toml(field.default)}`"
+    return f"`{toml_value(field.default)}`"
 
 
 def _prose(model: type[BaseModel]) -> str:
