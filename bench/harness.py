@@ -103,14 +103,44 @@ service anvil {{
 """
 
 
+# UW ipop2d's `HELO host:user` names no port (its first ':' ends the host), so it reaches IMAP
+# at port 143: Dovecot listens there on an address of its own, without STARTTLS (c-client would
+# refuse the test certificate).
+UW_CONF = """\
+service imap-login {{
+  inet_listener imap-uw {{
+    address = {host}
+    port = 143
+  }}
+}}
+local {host} {{
+  ssl = no
+}}
+"""
+
+
+def free_imap_address() -> str:
+    """A loopback address whose port 143 is free (binding it takes root)."""
+    for n in range(109, 255):
+        with socket.socket() as s:
+            try:
+                s.bind((f"127.0.0.{n}", 143))
+            except OSError:
+                continue
+            return f"127.0.0.{n}"
+    raise SystemExit("no loopback address with port 143 free")
+
+
 class BenchDovecot(Dovecot):
     """The tests' private Dovecot (tests/dovecot.py), with POP3 on a second port, limits
     raised for S2, and each user's home being their Maildir, so the Maildir store can
-    serve the very same files (S5). Mail is written straight into the Maildirs."""
+    serve the very same files (S5). Mail is written straight into the Maildirs. With
+    `uw_host`, IMAP also on that address's port 143, for UW ipop2d."""
 
-    def __init__(self) -> None:
+    def __init__(self, uw_host: str | None = None) -> None:
         super().__init__()
         self.pop3_port = free_port()
+        self.uw_host = uw_host
         self.users: list[str] = []
 
     def _set_up(self) -> None:
@@ -118,7 +148,10 @@ class BenchDovecot(Dovecot):
         conf = self.root / "dovecot.conf"
         text = conf.read_text().replace("protocols = imap\n", "protocols = imap pop3\n")
         text = text.replace("mail_location = maildir:~/Maildir", "mail_location = maildir:~")
-        conf.write_text(text + EXTRA_CONF.format(pop3_port=self.pop3_port))
+        text += EXTRA_CONF.format(pop3_port=self.pop3_port)
+        if self.uw_host:
+            text += UW_CONF.format(host=self.uw_host)
+        conf.write_text(text)
 
     def start_with(self, users: dict[str, Corpus]) -> BenchDovecot:
         """Start with these users (password PASSWORD), each with their corpus in INBOX."""
@@ -177,17 +210,11 @@ class Gateway:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([str(BIN / "pop2gate"), "serve", "-c", str(self.config),
                                           "--log-level", "warning"], stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"gateway exited: {self.log.read_text()[-2000:]}")
-            try:
-                socket.create_connection((HOST, self.port), 1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise SystemExit("gateway did not start")
+        try:
+            wait_listening(self.port, self.proc, "gateway")
+        except SystemExit as exc:
+            self.stop()
+            raise SystemExit(f"{exc}: {self.log.read_text()[-2000:]}") from None
 
     @classmethod
     def imap(cls, root: Path, name: str, port: int, limits: dict[str, object] | None = None) -> Gateway:
@@ -219,13 +246,62 @@ class Gateway:
                 if "Traceback" in line or "internal error" in line]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection((HOST, port), 1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not start")
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class UwIpop2d:
+    """UW ipop2d (the program at `path`) behind a real socat, one process per connection.
+
+    `inetd`: `EXEC:...,nofork`, the accepted socket itself as the program's stdin and stdout,
+    as inetd gives it (no TCP_NODELAY). `nodelay`: socat relays between the client's socket,
+    which has TCP_NODELAY, and the program on a socket pair. The program runs with
+    BENCH_UW_HOST in its environment, the host its clients name (`HELO host:user`), for a
+    stand-in that needs it."""
+
+    MODES = ("inetd", "nodelay")
+
+    def __init__(self, path: str, mode: str, imap_host: str) -> None:
+        self.port = free_port()
+        listen = f"TCP-LISTEN:{self.port},bind={HOST},reuseaddr,fork"
+        argv = {"inetd": ["socat", listen, f"EXEC:{path},nofork"],
+                "nodelay": ["socat", listen + ",nodelay", f"EXEC:{path}"]}[mode]
+        self.proc = subprocess.Popen(argv, env={**os.environ, "BENCH_UW_HOST": imap_host})
+        try:
+            wait_listening(self.port, self.proc, f"socat for UW ipop2d ({mode})")
+        except BaseException:
+            self.stop()
+            raise
+
+    def greeting(self) -> str:
+        """The program's greeting line (which version it is)."""
+        with Client.connect(HOST, self.port, timeout=30) as c:
+            return c.greeting.text if c.greeting else ""
+
+    def stop(self) -> None:
+        stop_process(self.proc)
 
 
 def maildir_gateway(root: Path, dc: BenchDovecot, users: Sequence[str]) -> Gateway:
@@ -270,6 +346,28 @@ def pop2_drain(job: Job) -> list[str]:
             sink = _Hasher()
             c.retr_to(sink)  # type: ignore[arg-type]
             out.append(sink.h.hexdigest())
+            c.acks()
+        c.quit()
+    return out
+
+
+def uw_form(data: bytes) -> bytes:
+    """A message as UW ipop2d sends it, back in the corpus's form: c-client's mbox heritage adds
+    a `Status:` line to the header and a blank line at the end (the corpus has neither)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    head = b"\r\n".join(line for line in head.split(b"\r\n") if not line.startswith(b"Status:"))
+    body = body[:-2] if body.endswith(b"\r\n\r\n") else body
+    return head + sep + body
+
+
+def uw_drain(job: Job) -> list[str]:
+    """pop2_drain for UW ipop2d: each message hashed in the corpus's form (`uw_form`)."""
+    out = []
+    with Client.connect(job.host, job.port, timeout=TIMEOUT) as c:
+        count = c.helo(job.user, job.password)
+        for n in range(1, count + 1):
+            c.read(n)
+            out.append(hashlib.sha256(uw_form(c.retr())).hexdigest())
             c.acks()
         c.quit()
     return out
@@ -336,7 +434,7 @@ def imap_logins(job: Job) -> list[str]:
 
 
 KINDS: dict[str, Callable[[Job], list[str]]] = {
-    "pop2": pop2_drain, "imap": imap_drain, "pop3": pop3_drain,
+    "pop2": pop2_drain, "pop2-uw": uw_drain, "imap": imap_drain, "pop3": pop3_drain,
     "pop2-login": pop2_logins, "imap-login": imap_logins, "imap-select": imap_select,
 }
 
