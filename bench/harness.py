@@ -3,7 +3,8 @@ gateway under test, and the load generators.
 
 Load runs in worker processes forked before the clock starts (never in the gateway's
 process): each worker runs its sessions in threads, blocking clients on both sides (the
-project's POP2 client, stdlib imaplib and poplib), and hands back one sha256 per message.
+project's POP2 client core with lean I/O, bench/pop2session.py; stock stdlib imaplib and
+poplib), and hands back one sha256 per message.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from dovecot import HOST, Dovecot, _mail_uid, free_port  # noqa: E402
-from pop2gate.pop2.client import Client  # noqa: E402
 from pop2gate.stores.maildir.users import set_password  # noqa: E402
+from pop2session import Pop2Session  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PASSWORD = "bench-pw"
@@ -297,8 +298,8 @@ class UwIpop2d:
 
     def greeting(self) -> str:
         """The program's greeting line (which version it is)."""
-        with Client.connect(HOST, self.port, timeout=30) as c:
-            return c.greeting.text if c.greeting else ""
+        with Pop2Session(HOST, self.port, 30) as c:
+            return c.greeting
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -327,25 +328,15 @@ class Job:
     host: str = HOST
 
 
-class _Hasher:
-    def __init__(self) -> None:
-        self.h = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.h.update(data)
-        return len(data)
-
-
-def pop2_drain(job: Job) -> list[str]:
-    """READ n, RETR, ACKS per message (the POP2 client: pop2gate.pop2.client)."""
+def pop2_drain(job: Job, form: Callable[[bytes], bytes] | None = None) -> list[str]:
+    """READ n, RETR, ACKS per message (the project's POP2 client core: bench/pop2session.py);
+    the digests of `form` of each message, if given."""
     out = []
-    with Client.connect(job.host, job.port, timeout=TIMEOUT) as c:
+    with Pop2Session(job.host, job.port, TIMEOUT) as c:
         count = c.helo(job.user, job.password)
         for n in range(1, count + 1):
             c.read(n)
-            sink = _Hasher()
-            c.retr_to(sink)  # type: ignore[arg-type]
-            out.append(sink.h.hexdigest())
+            out.append(c.retr_digest(form))
             c.acks()
         c.quit()
     return out
@@ -362,15 +353,7 @@ def uw_form(data: bytes) -> bytes:
 
 def uw_drain(job: Job) -> list[str]:
     """pop2_drain for UW ipop2d: each message hashed in the corpus's form (`uw_form`)."""
-    out = []
-    with Client.connect(job.host, job.port, timeout=TIMEOUT) as c:
-        count = c.helo(job.user, job.password)
-        for n in range(1, count + 1):
-            c.read(n)
-            out.append(hashlib.sha256(uw_form(c.retr())).hexdigest())
-            c.acks()
-        c.quit()
-    return out
+    return pop2_drain(job, uw_form)
 
 
 def _imap(job: Job) -> imaplib.IMAP4:
@@ -420,7 +403,7 @@ def imap_select(job: Job) -> list[str]:
 def pop2_logins(job: Job) -> list[str]:
     """HELO + QUIT, `cycles` times."""
     for _ in range(job.cycles):
-        with Client.connect(job.host, job.port, timeout=TIMEOUT) as c:
+        with Pop2Session(job.host, job.port, TIMEOUT) as c:
             c.helo(job.user, job.password)
             c.quit()
     return []
