@@ -286,7 +286,8 @@ class UwIpop2d:
 
     def __init__(self, path: str, mode: str, imap_host: str) -> None:
         self.port = free_port()
-        listen = f"TCP-LISTEN:{self.port},bind={HOST},reuseaddr,fork"
+        # socat's own listen backlog (5) would drop some of S4's 50 simultaneous connections
+        listen = f"TCP-LISTEN:{self.port},bind={HOST},reuseaddr,fork,backlog=1024"
         argv = {"inetd": ["socat", listen, f"EXEC:{path},nofork"],
                 "nodelay": ["socat", listen + ",nodelay", f"EXEC:{path}"]}[mode]
         self.proc = subprocess.Popen(argv, env={**os.environ, "BENCH_UW_HOST": imap_host})
@@ -299,6 +300,7 @@ class UwIpop2d:
     def greeting(self) -> str:
         """The program's greeting line (which version it is)."""
         with Pop2Session(HOST, self.port, 30) as c:
+            c.quit()
             return c.greeting
 
     def stop(self) -> None:

@@ -441,6 +441,10 @@ def main() -> None:
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
     t0 = time.monotonic()
     uw = os.environ.get("UW_IPOP2D") or None
+    if uw and not os.access(uw, os.X_OK):
+        ap.error(f"UW_IPOP2D={uw}: not an executable file")
+    if uw and os.geteuid() != 0:
+        ap.error("UW_IPOP2D needs root: its IMAP host is reached at port 143, which the private Dovecot must bind")
     with tempfile.TemporaryDirectory(prefix="pop2gate-bench-") as tmp:
         bench = Bench(SMOKE if args.smoke else FULL, Path(tmp),
                       [s for s in args.servers.split(",") if s], args.only.split(","), uw)
