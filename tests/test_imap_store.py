@@ -298,12 +298,13 @@ async def test_backend_killed_mid_fetch(dovecot):
     try:
         box = await s.login("carol", USERS["carol"], PEER)
         [ref] = await box.select("INBOX")
-        got = 0
+        got, killed = 0, False
         with pytest.raises(StoreError):
             async for piece in box.fetch(ref):
                 got += len(piece)
-                if got > 200_000:
+                if got > 200_000 and not killed:  # what already arrived may still come through
                     assert dovecot.kill_sessions("carol") == 1
+                    killed = True
         assert got < ref.size
         await box.close()
     finally:
@@ -398,7 +399,7 @@ async def test_backend_socket_sends_without_delay(dovecot, tls):
     try:
         box = await s.login("alice", USERS["alice"], fresh_peer())
         assert box is not None
-        sock = box.conn._imap.sock
+        sock = box.conn.sock
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         await box.close()
     finally:

@@ -288,15 +288,25 @@ class Limits(_Model):
         30, gt=0, description="IMAP backends: time a session waits for room in `imap_fetch_memory` before a "
                               "fetch. Past it the RETR fails like any backend failure (the connection closes "
                               "mid-data, nothing is deleted) and the log says so.")
-    imap_max_workers: int = Field(
-        64, ge=2, le=4096,
-        description="IMAP backends: threads per backend running IMAP commands. A session uses one only while a "
-                    "command runs, so many idle sessions share few threads. Logins may use at most half of them, "
-                    "so sessions already logged in can always finish even when the backend makes logins wait.")
+    imap_max_logins: int = Field(
+        32, ge=1, le=4096,
+        description="IMAP backends: logins (connect, TLS, ID, authenticate) under way at once to one backend; "
+                    "more wait their turn. A backend that makes logins wait (its login processes, its penalty "
+                    "for failures) then holds at most this many of its connections in logins. Replaces "
+                    "`imap_max_workers` (the IMAP client no longer uses threads): a config that sets that key "
+                    "is refused with a message naming this one.")
     expunge_without_uidplus: bool = Field(
         False, description="IMAP backends without UIDPLUS: a plain `EXPUNGE` would also remove messages other "
                            "clients flagged `\\Deleted`, so by default pop2gate only flags its messages and logs "
                            "it; `true` expunges anyway. See [imap.md](imap.md).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: object) -> object:
+        if isinstance(data, dict) and "imap_max_workers" in data:
+            raise ValueError("imap_max_workers is gone: the IMAP client runs no threads; remove it (logins "
+                             "at once per backend: imap_max_logins)")
+        return data
 
     @model_validator(mode="after")
     def _check_imap_memory(self) -> Limits:
