@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import ipaddress
 import itertools
 import re
@@ -574,8 +575,9 @@ class ImapConn:
         started: set[bytes] = set()
         current: list[_Command] = []  # the command whose answer is being read
         received = [0]  # octets of the message so far
+        waited: dict[bytes, float] = {}  # tag -> seconds spent waiting for its answer
 
-        def on_piece(event: LiteralPiece) -> None:
+        def on_piece(tag: bytes, event: LiteralPiece) -> None:
             m = _FETCH_PREFIX.match(event.prefix)
             seq = int(m.group(1)) if m else 0
             if m is None or b"BODY[]" not in event.prefix.upper() or (
@@ -588,10 +590,10 @@ class ImapConn:
             received[0] += len(event.data)
             if event.data:
                 pieces.append(event.data)
-            started.add(current[0].tag)
+            started.add(tag)
 
         for cmd in plan:
-            cmd.on_piece = on_piece
+            cmd.on_piece = functools.partial(on_piece, cmd.tag)
         if self._broken or self._busy:
             raise ConnError("UID FETCH: connection already failed" if self._broken else "UID FETCH: busy")
         self._busy = True
@@ -606,16 +608,19 @@ class ImapConn:
                 cmd = current[0]
                 if cmd.tag in started and plan and plan[0].segments:
                     self._send(plan[0])  # the next partial fetch, before this one is handed on
-                spent = 0.0
                 while cmd.done is None and not pieces:
-                    want = min(_READ_SIZE, size)
+                    # What this read may bring: at most a chunk, and what is left of the
+                    # message with room for the response text around it.
+                    want = min(_READ_SIZE, chunk, size - received[0] + 1024)
                     await acquire(want)
                     try:
+                        # One deadline per command: the time spent waiting for its answer, not
+                        # the time the consumer takes with what came.
                         start = loop.time()
-                        async with asyncio.timeout(self._target.command_timeout - spent):
+                        async with asyncio.timeout(self._target.command_timeout - waited.get(cmd.tag, 0.0)):
                             await self._writer.drain()
-                            data = await self._reader.read(_READ_SIZE)
-                        spent += loop.time() - start
+                            data = await self._reader.read(want)
+                        waited[cmd.tag] = waited.get(cmd.tag, 0.0) + loop.time() - start
                         if not data:
                             raise EOFError("connection closed" + self._bye_text())
                         for event in self._parser.feed(data):
