@@ -262,13 +262,15 @@ class Limits(_Model):
                                "command).")
     imap_fetch_chunk: int = Field(
         1024 * 1024, ge=4096, le=64 * 1024 * 1024,
-        description="IMAP backends: octets per partial fetch; messages up to this size are fetched whole. The "
-                    "most one session holds of a message at a time.")
+        description="IMAP backends: octets per partial fetch of a message that was not read ahead; a larger "
+                    "message takes several, each sent before the one before has been written to the client, and "
+                    "is written to the client as it arrives. Also the largest literal an IMAP response may carry "
+                    "otherwise (read-ahead bodies).")
     imap_fetch_memory: int = Field(
         64 * 1024 * 1024, ge=4096,
         description="IMAP backends: octets of message data all sessions of all IMAP backends together may be "
-                    "reading from the backends at once; a session waits for room before each fetch. At least "
-                    "`imap_fetch_chunk`.")
+                    "reading from the backends at once; a session waits for room before each read of a message "
+                    "from the server (256 KiB at most). At least `imap_fetch_chunk`.")
     imap_readahead: int = Field(
         256 * 1024, ge=0, le=64 * 1024 * 1024,
         description="IMAP backends: octets of small messages a session reads ahead in one `UID FETCH` (0: off). "
@@ -286,7 +288,7 @@ class Limits(_Model):
                     "was read; never a wrong count, never anything lost. See [imap.md](imap.md).")
     imap_budget_timeout: float = Field(
         30, gt=0, description="IMAP backends: time a session waits for room in `imap_fetch_memory` before a "
-                              "fetch. Past it the RETR fails like any backend failure (the connection closes "
+                              "read. Past it the RETR fails like any backend failure (the connection closes "
                               "mid-data, nothing is deleted) and the log says so.")
     imap_max_logins: int = Field(
         32, ge=1, le=4096,

@@ -564,15 +564,17 @@ class ImapConn:
     async def stream(self, uid: int, size: int, chunk: int, acquire: Callable[[int], Awaitable[None]],
                      release: Callable[[int], None]) -> AsyncGenerator[bytes, None]:
         """`BODY.PEEK[]` of `uid` (RFC822.SIZE `size`) in partial fetches of `chunk` octets,
-        handed on in pieces as they arrive; the next partial fetch is sent as soon as the one
-        before starts to arrive, so the server never waits for the client's writes. Before
+        handed on in pieces as they arrive; the next partial fetch is sent as soon as the
+        literal before it has arrived, before its last octets are handed on. (Sent when that
+        literal only starts to arrive, Dovecot delivered 20-30% slower: measured.) Before
         each read from the server `acquire` is awaited for the octets it may bring, and
         `release` called once they are in hand, before they are handed on: no octets count
         while the consumer has them. Fewer octets than `size` when the message is gone."""
         plan = deque(self._command("UID", "FETCH", str(uid), f"(BODY.PEEK[]<{offset}.{chunk}>)")
                      for offset in range(0, size, chunk))
         pieces: deque[bytes] = deque()
-        started: set[bytes] = set()
+        started: set[bytes] = set()  # tags whose literal began to arrive
+        arrived: set[bytes] = set()  # tags whose literal arrived whole
         current: list[_Command] = []  # the command whose answer is being read
         received = [0]  # octets of the message so far
         waited: dict[bytes, float] = {}  # tag -> seconds spent waiting for its answer
@@ -591,6 +593,8 @@ class ImapConn:
             if event.data:
                 pieces.append(event.data)
             started.add(tag)
+            if event.offset + len(event.data) == event.size:
+                arrived.add(tag)
 
         for cmd in plan:
             cmd.on_piece = functools.partial(on_piece, cmd.tag)
@@ -606,8 +610,8 @@ class ImapConn:
                     if current[0].segments:
                         self._send(current[0])
                 cmd = current[0]
-                if cmd.tag in started and plan and plan[0].segments:
-                    self._send(plan[0])  # the next partial fetch, before this one is handed on
+                if cmd.tag in arrived and plan and plan[0].segments:
+                    self._send(plan[0])  # the next partial fetch, before this one is handed on whole
                 while cmd.done is None and not pieces:
                     # What this read may bring: at most a chunk, and what is left of the
                     # message with room for the response text around it.
@@ -627,7 +631,7 @@ class ImapConn:
                             self._route(event)
                     finally:
                         release(want)
-                    if cmd.tag in started and plan and plan[0].segments:
+                    if cmd.tag in arrived and plan and plan[0].segments:
                         self._send(plan[0])
                 while pieces:
                     yield pieces.popleft()

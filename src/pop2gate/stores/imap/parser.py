@@ -113,15 +113,21 @@ class ResponseReader:
         return len(self._buf) + self._text + self._held
 
     def feed(self, data: bytes) -> list[Event]:
+        out: list[Event] = []
+        if self._lit_left and not self._buf and data:
+            # A literal's octets straight from what came, without going through the buffer.
+            take = min(self._lit_left, len(data))
+            self._literal(data[:take] if take < len(data) else data, out)
+            data = data[take:]
         buf = self._buf
         buf += data
-        out: list[Event] = []
         pos = 0
         try:
             while pos < len(buf):
                 if self._lit_left:
                     take = min(self._lit_left, len(buf) - pos)
-                    chunk = bytes(buf[pos : pos + take])
+                    with memoryview(buf) as view:
+                        chunk = bytes(view[pos : pos + take])
                     pos += take
                     self._literal(chunk, out)
                     continue
