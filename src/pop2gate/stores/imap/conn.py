@@ -23,7 +23,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -300,14 +300,17 @@ class ImapConn:
         if 1 <= number <= len(self.sequence):
             self.gone.add(self.sequence.pop(number - 1))
 
-    async def _guarded(self, what: str, run: Callable[[], Awaitable[T]]) -> T:
+    @contextlib.contextmanager
+    def _exclusive(self, what: str) -> Iterator[None]:
+        """One operation at a time; any failure in it (or an interruption: what the server
+        sends next would be out of step) leaves the connection unusable, as a ConnError."""
         if self._broken:
             raise ConnError(f"{what}: connection already failed")
         if self._busy:
             raise ConnError(f"{what}: another command is running")
         self._busy = True
         try:
-            return await run()
+            yield
         except ConnError:
             self._broken = True
             raise
@@ -315,10 +318,14 @@ class ImapConn:
             self._broken = True
             raise ConnError(f"{what}: {_reason(err)}") from None
         except BaseException:
-            self._broken = True  # interrupted: what the server sends next is out of step
+            self._broken = True
             raise
         finally:
             self._busy = False
+
+    async def _guarded(self, what: str, run: Callable[[], Awaitable[T]]) -> T:
+        with self._exclusive(what):
+            return await run()
 
     # Connecting
 
@@ -330,9 +337,11 @@ class ImapConn:
                 raise EOFError("connection closed before the greeting")
             events = self._parser.feed(data)
         greeting = events[0]
-        if not isinstance(greeting, Untagged) or greeting.kind not in ("OK", "PREAUTH") or len(events) > 1:
+        if not isinstance(greeting, Untagged) or greeting.kind not in ("OK", "PREAUTH"):
             text = greeting.text if isinstance(greeting, Untagged) else b""
             raise ConnError(f"server refused the connection: {text.decode('utf-8', 'replace')[:80]}")
+        for event in events[1:]:
+            self._route(event)
         if greeting.code.upper().startswith(b"CAPABILITY "):
             self.capabilities = _capabilities(greeting.code)
 
@@ -598,62 +607,50 @@ class ImapConn:
 
         for cmd in plan:
             cmd.on_piece = functools.partial(on_piece, cmd.tag)
-        if self._broken or self._busy:
-            raise ConnError("UID FETCH: connection already failed" if self._broken else "UID FETCH: busy")
-        self._busy = True
-        self._parser.stream_over = 0
         loop = asyncio.get_running_loop()
-        try:
-            while plan or current:
-                if not current:
-                    current.append(plan.popleft())
-                    if current[0].segments:
-                        self._send(current[0])
-                cmd = current[0]
-                if cmd.tag in arrived and plan and plan[0].segments:
-                    self._send(plan[0])  # the next partial fetch, before this one is handed on whole
-                while cmd.done is None and not pieces:
-                    # What this read may bring: at most a chunk, and what is left of the
-                    # message with room for the response text around it.
-                    want = min(_READ_SIZE, chunk, size - received[0] + 1024)
-                    await acquire(want)
-                    try:
-                        # One deadline per command: the time spent waiting for its answer, not
-                        # the time the consumer takes with what came.
-                        start = loop.time()
-                        async with asyncio.timeout(self._target.command_timeout - waited.get(cmd.tag, 0.0)):
-                            await self._writer.drain()
-                            data = await self._reader.read(want)
-                        waited[cmd.tag] = waited.get(cmd.tag, 0.0) + loop.time() - start
-                        if not data:
-                            raise EOFError("connection closed" + self._bye_text())
-                        for event in self._parser.feed(data):
-                            self._route(event)
-                    finally:
-                        release(want)
+        with self._exclusive("UID FETCH"):
+            self._parser.stream_over = 0
+            try:
+                while plan or current:
+                    if not current:
+                        current.append(plan.popleft())
+                        if current[0].segments:
+                            self._send(current[0])
+                    cmd = current[0]
                     if cmd.tag in arrived and plan and plan[0].segments:
-                        self._send(plan[0])
-                while pieces:
-                    yield pieces.popleft()
-                if cmd.done is not None:
-                    current.clear()
-                    if self._bye is not None:
-                        raise ConnError(f"UID FETCH: server said BYE{self._bye_text()}")
-                    self._check("UID FETCH", cmd)
-                    if plan and plan[0].segments and cmd.tag not in started:
-                        plan.clear()  # nothing came for this part: the message is gone, or shorter
-        except ConnError:
-            self._broken = True
-            raise
-        except _FAILURES as err:
-            self._broken = True
-            raise ConnError(f"UID FETCH: {_reason(err)}") from None
-        except BaseException:
-            self._broken = True
-            raise
-        finally:
-            self._busy = False
-            self._parser.stream_over = None
+                        self._send(plan[0])  # the next partial fetch, before this one is handed on whole
+                    while cmd.done is None and not pieces:
+                        # What this read may bring: at most a chunk, and what is left of the
+                        # message with room for the response text around it.
+                        want = min(_READ_SIZE, chunk, size - received[0] + 1024)
+                        await acquire(want)
+                        try:
+                            # One deadline per command: the time spent waiting for its answer, not
+                            # the time the consumer takes with what came.
+                            start = loop.time()
+                            async with asyncio.timeout(self._target.command_timeout - waited.get(cmd.tag, 0.0)):
+                                await self._writer.drain()
+                                data = await self._reader.read(want)
+                            waited[cmd.tag] = waited.get(cmd.tag, 0.0) + loop.time() - start
+                            if not data:
+                                raise EOFError("connection closed" + self._bye_text())
+                            for event in self._parser.feed(data):
+                                self._route(event)
+                        finally:
+                            release(want)
+                        if cmd.tag in arrived and plan and plan[0].segments:
+                            self._send(plan[0])
+                    while pieces:
+                        yield pieces.popleft()
+                    if cmd.done is not None:
+                        current.clear()
+                        if self._bye is not None:
+                            raise ConnError(f"UID FETCH: server said BYE{self._bye_text()}")
+                        self._check("UID FETCH", cmd)
+                        if plan and plan[0].segments and cmd.tag not in started:
+                            plan.clear()  # nothing came for this part: the message is gone, or shorter
+            finally:
+                self._parser.stream_over = None
 
     @staticmethod
     def _check(what: str, cmd: _Command) -> None:

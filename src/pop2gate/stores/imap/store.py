@@ -192,8 +192,11 @@ class ImapMailbox:
         try:
             return await op
         except ConnError as err:
-            log.warning("backend %s: user %r: %s failed: %s", self.store.name, self.user, what, err)
-            raise StoreError(FAILED) from None
+            self._failed(what, err)
+
+    def _failed(self, what: str, err: ConnError) -> NoReturn:
+        log.warning("backend %s: user %r: %s failed: %s", self.store.name, self.user, what, err)
+        raise StoreError(FAILED) from None
 
     async def _imap_name(self, folder: str) -> str | None:
         """The IMAP name of a POP2 folder name, None when it cannot exist."""
@@ -375,8 +378,7 @@ class ImapMailbox:
                 async for data in stream:
                     yield data
         except ConnError as err:
-            log.warning("backend %s: user %r: UID FETCH failed: %s", self.store.name, self.user, err)
-            raise StoreError(FAILED) from None
+            self._failed("UID FETCH", err)
         except _NoRoom as err:
             log.warning("backend %s: user %r: UID %d: no room in imap_fetch_memory (%d octets) "
                         "for %d octets within imap_budget_timeout (%gs)", self.store.name, self.user,
