@@ -156,14 +156,12 @@ async def connect(target: Target, peer: tuple[str, int] | None) -> ImapConn:
                 await conn._starttls()
             if not conn.capabilities:
                 await conn._ask_capabilities()
-    except ConnError:
+    except BaseException as err:
         if conn is not None:
-            conn.abort()
+            conn.abort()  # failed, or the session was cancelled: no connection left open
+        if isinstance(err, _FAILURES):
+            raise ConnError(f"connect {target.host}:{target.port}: {_reason(err)}") from None
         raise
-    except _FAILURES as err:
-        if conn is not None:
-            conn.abort()
-        raise ConnError(f"connect {target.host}:{target.port}: {_reason(err)}") from None
     return conn
 
 
