@@ -46,6 +46,7 @@ T = TypeVar("T")
 _UID_BATCH = 500
 _READ_SIZE = 256 * 1024  # octets asked of the socket at a time
 _SNAPSHOT = "(UID RFC822.SIZE FLAGS)"
+_LOGOUT_WAIT = 5.0  # seconds LOGOUT's answer is awaited: a clean end for the server, never a wait on it
 # The untagged responses that answer each command pop2gate sends (any status response
 # goes to the oldest command).
 _ANSWERS = {
@@ -693,14 +694,14 @@ class ImapConn:
     # Ending
 
     async def logout(self) -> None:
-        """LOGOUT (which never expunges), written without waiting for its answer, then the
-        connection closed; only closed when a command is in flight or it already failed."""
+        """LOGOUT (which never expunges), its answer awaited for at most `_LOGOUT_WAIT` (the
+        POP2 client has had its reply by then), then the connection closed; only closed when
+        a command is in flight or it already failed."""
         if not (self._broken or self._busy):
             self._broken = True
-            with contextlib.suppress(*_FAILURES):
-                self._send(self._command("LOGOUT"))
-                async with asyncio.timeout(self._target.command_timeout):
-                    await self._writer.drain()
+            with contextlib.suppress(ConnError, *_FAILURES):
+                async with asyncio.timeout(min(_LOGOUT_WAIT, self._target.command_timeout)):
+                    await self._run("LOGOUT")
                 self._writer.close()
                 return
         self.abort()
