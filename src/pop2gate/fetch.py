@@ -179,13 +179,16 @@ class _Counted:
 
 
 def _retrieve(client: Client, n: int, announced: int, writer: Writer, progress: Progress) -> None:
-    """RETR message `n` into the writer and commit it; nothing stays on any failure."""
+    """RETR message `n` into the writer and commit it; nothing stays on any failure.
+
+    The client's protocol core ends the data at the announced length (a shorter message is
+    a lost connection), so only more than announced is left to check: octets after it."""
     pending = writer.begin()
     try:
-        got = client.retr_to(_Counted(pending, writer.where, progress))
-        if got != announced or client.unsolicited():
-            raise FetchError(f"message {n}: the server announced {announced} octets and sent "
-                             f"{'more' if got == announced else got}: nothing written, nothing deleted")
+        client.retr_to(_Counted(pending, writer.where, progress))
+        if client.unsolicited():
+            raise FetchError(f"message {n}: the server announced {announced} octets and sent more: "
+                             "nothing written, nothing deleted")
         pending.commit()
     except WriteError as err:
         pending.discard()
