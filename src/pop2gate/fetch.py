@@ -185,20 +185,19 @@ def _retrieve(client: Client, n: int, announced: int, writer: Writer, progress: 
     a lost connection), so only more than announced is left to check: octets after it."""
     pending = writer.begin()
     try:
-        client.retr_to(_Counted(pending, writer.where, progress))
-        if client.unsolicited():
-            raise FetchError(f"message {n}: the server announced {announced} octets and sent more: "
-                             "nothing written, nothing deleted")
-        pending.commit()
+        try:
+            client.retr_to(_Counted(pending, writer.where, progress))
+            if client.unsolicited():
+                raise FetchError(f"message {n}: the server announced {announced} octets and sent more: "
+                                 "nothing written, nothing deleted")
+        except BaseException:
+            pending.discard()
+            raise
+        pending.commit()  # a commit that fails has left nothing (mailfiles.Pending)
     except WriteError as err:
-        pending.discard()
         raise FetchError(f"{err}: message {n} left on the server") from err
     except (ProtocolError, OSError) as err:
-        pending.discard()
         raise FetchError(_network(err, f"during message {n}") + ": nothing written for it, nothing deleted") from err
-    except BaseException:
-        pending.discard()
-        raise
 
 
 def _network(err: BaseException, when: str) -> str:

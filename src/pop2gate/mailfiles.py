@@ -100,7 +100,7 @@ class _MaildirPending:
             with disk_errors(new):
                 os.rename(self._tmp, new)
                 _fsync_dir(self._dir / "new")
-        except WriteError:
+        except BaseException:  # a disk error, or Ctrl-C: nothing stays in tmp/
             self.discard()
             raise
         return f"new/{self._name}"
