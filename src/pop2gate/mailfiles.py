@@ -25,7 +25,7 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol
 
-from .atomicfile import fsync_dir
+from .files import fsync_dir
 from .stores.maildir import make_maildir
 
 SPOOL_MEMORY = 8 * 1024 * 1024  # a message held for mbox or stdout stays in memory up to this size

@@ -21,7 +21,7 @@ from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .. import atomicfile
+from .. import files
 from ..passwords import check_password, hash_password, octets, valid_user_name
 
 FORMAT = "pop2gate-oauth2 1"
@@ -169,7 +169,7 @@ def lock(tokens_dir: Path, user: str) -> int:
 def write(tokens_dir: Path, tf: TokenFile, owner: tuple[int, int] | None = None) -> Path:
     """Replace the user's file atomically, mode 0600 (owned by `owner`, uid and gid, when given)."""
     path = tokens_dir / tf.user
-    atomicfile.replace(path, tf.dumps(), owner)
+    files.replace(path, tf.dumps(), owner)
     return path
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ... import atomicfile
+from ... import files
 from ...passwords import check_password, hash_password, valid_user_name
 
 __all__ = ["read_users", "set_password", "valid_user_name", "verify"]
@@ -39,5 +39,5 @@ def set_password(path: Path, name: str, password: str) -> bool:
     new = name not in users
     users[name] = hash_password(password)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomicfile.replace(path, "".join(f"{n}:{h}\n" for n, h in sorted(users.items())))
+    files.replace(path, "".join(f"{n}:{h}\n" for n, h in sorted(users.items())))
     return new

@@ -1,11 +1,21 @@
-"""Files replaced whole and durably: the users file, the OAuth2 token files, fetch's output."""
+"""Files that hold secrets or mail: replaced whole and durably (the users file, the OAuth2
+token files, fetch's output), and secret files checked closed to group and others (fetch's
+password file, an OAuth2 client secret)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+
+def check_secret(path: Path | str, st: os.stat_result) -> None:
+    """ValueError when group or others have any access to `st` (the file at `path`): a secret
+    file is mode 0600 or 0400."""
+    if st.st_mode & 0o077:
+        raise ValueError(f"{path} is open to group or others (mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 it")
 
 
 def fsync_dir(path: Path) -> None:
