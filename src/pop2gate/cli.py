@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import getpass
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import click
 
@@ -37,6 +38,20 @@ _log_option = click.option(
     "--log-level", type=click.Choice(LEVELS), default=None,
     help="Log detail; overrides [log] level (default info).",
 )
+
+
+B = TypeVar("B", MaildirBackend, ImapBackend)
+
+
+def _one_backend(config: Config, kind: type[B], name: str | None, what: str,
+                 fits: Callable[[B], bool] = lambda _: True) -> B:
+    """The config's one backend of `kind` that `fits`, or the one of them `name`d (--backend)."""
+    found = [b for b in config.backend if isinstance(b, kind) and fits(b)]
+    if name is not None:
+        found = [b for b in found if b.name == name]
+    if len(found) != 1:
+        raise click.UsageError(f"the config must have exactly one {what}, or name one with --backend")
+    return found[0]
 
 
 def _setup_logging(config: Config | None, level: str | None) -> None:
@@ -157,13 +172,7 @@ def _users_file(config_path: Path | None, users_file: Path | None, backend: str 
         return users_file
     if config_path is None:
         raise click.UsageError("give -c CONFIG or --users-file FILE")
-    config = _load(config_path)
-    maildirs = [b for b in config.backend if isinstance(b, MaildirBackend)]
-    if backend is not None:
-        maildirs = [b for b in maildirs if b.name == backend]
-    if len(maildirs) != 1:
-        raise click.UsageError("the config must have exactly one maildir backend, or name one with --backend")
-    return maildirs[0].users_file
+    return _one_backend(_load(config_path), MaildirBackend, backend, "maildir backend").users_file
 
 
 def _read_password(confirm: bool = True, prompt: str = "Password: ") -> str:
@@ -347,13 +356,8 @@ def oauth() -> None:
 
 def _oauth_backend(config_path: Path, backend: str | None) -> tuple[Config, ImapBackend]:
     config = _load(config_path)
-    found = [b for b in config.backend if isinstance(b, ImapBackend) and b.oauth2 is not None]
-    if backend is not None:
-        found = [b for b in found if b.name == backend]
-    if len(found) != 1:
-        raise click.UsageError('the config must have exactly one imap backend with auth = "oauth2", '
-                               'or name one with --backend')
-    return config, found[0]
+    return config, _one_backend(config, ImapBackend, backend, 'imap backend with auth = "oauth2"',
+                                lambda b: b.oauth2 is not None)
 
 
 _oauth_config = click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), required=True,
