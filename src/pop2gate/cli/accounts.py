@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
 import sys
 from pathlib import Path
 
@@ -20,12 +21,26 @@ def user() -> None:
     """Manage users of a Maildir backend."""
 
 
-def _users_file(config_path: Path | None, users_file: Path | None, backend: str | None) -> Path:
+def _users_file(config_path: Path | None, users_file: Path | None,
+                backend: str | None) -> tuple[Path, tuple[int, int] | None]:
+    """The users file, and who must own it: as root, the user `serve` runs as (from the
+    config), or with --users-file the owner the file already has; else nobody in particular."""
+    from ..gateway.privileges import PrivilegeError, serving_ids
+
     if users_file is not None:
-        return users_file
+        try:
+            st = users_file.stat()
+        except OSError:
+            return users_file, None
+        return users_file, (st.st_uid, st.st_gid) if os.geteuid() == 0 else None
     if config_path is None:
         raise click.UsageError("give -c CONFIG or --users-file FILE")
-    return one_backend(load(config_path), MaildirBackend, backend, "maildir backend").users_file
+    config = load(config_path)
+    path = one_backend(config, MaildirBackend, backend, "maildir backend").users_file
+    try:
+        return path, serving_ids(config)
+    except PrivilegeError as err:
+        raise click.ClickException(str(err)) from None
 
 
 def _read_password(confirm: bool = True, prompt: str = "Password: ") -> str:
@@ -45,13 +60,15 @@ def _read_password(confirm: bool = True, prompt: str = "Password: ") -> str:
 def user_add(name: str, config_path: Path | None, users_file: Path | None, backend: str | None) -> None:
     """Create user NAME or change its password.
 
-    The password is read without echo, or from stdin when it is not a terminal.
+    The password is read without echo, or from stdin when it is not a terminal. Run as
+    root, the file (mode 0600) is left to the user `serve` runs as (server.user of the
+    config; with --users-file, the file keeps the owner it has).
     """
     from ..stores.maildir.users import set_password
 
-    path = _users_file(config_path, users_file, backend)
+    path, owner = _users_file(config_path, users_file, backend)
     try:
-        new = set_password(path, name, _read_password())
+        new = set_password(path, name, _read_password(), owner)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     click.echo(f"{'added' if new else 'changed'} user {name} in {path}")
