@@ -31,7 +31,7 @@ class Stage(enum.Enum):
     IN = "in"  # logged in
 
 
-_FAILING = object()  # the login turns that addresses with a recent failure share
+_FAILING_ADDRESSES = object()  # the one login turn that addresses with a recent failure share
 
 # What a session waiting for HELO has at stake, least first.
 FAILING = 0  # its address failed a login recently
@@ -142,7 +142,7 @@ class Admission:
         address that failed a login recently waits until no such address has one under way."""
         allowance = self.limits.max_logins_per_address
         if self.failing(address):
-            address, allowance = _FAILING, 1
+            address, allowance = _FAILING_ADDRESSES, 1
         turns, users = self._turns.get(address) or (asyncio.Semaphore(allowance), 0)
         self._turns[address] = (turns, users + 1)
         try:
