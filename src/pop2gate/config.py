@@ -214,8 +214,10 @@ class Limits(_Model):
     max_connections: int = Field(
         200, gt=0,
         description="Sessions served at once by one process. When a new connection would pass it, the oldest "
-                    "session that has not logged in gives way (one waiting out a failed login's delay first, then "
-                    "one that has not sent HELO, then one whose login is under way) and gets `- Too many "
+                    "session that has not logged in gives way (one waiting out a failed login's delay first; then "
+                    "one waiting for HELO from an address that failed a login recently; then one that has sent "
+                    "nothing for `greeting_grace`; then the oldest whose HELO has arrived or that is newer than "
+                    "that; then one whose login is under way) and gets `- Too many "
                     "connections, try again later`; a logged-in session never does. When every slot is logged "
                     "in, the new connection gets that reply and is closed. At start the open-file limit is raised "
                     "to about twice this (plus 64), or the server refuses to start naming this key.")
@@ -225,13 +227,18 @@ class Limits(_Model):
     max_prelogin_connections: int = Field(
         100, gt=0, description="Sessions that have not logged in, at once; past it, the oldest of them gives way "
                                "as above. Idle or failing clients cannot hold the slots real users need.")
+    greeting_grace: float = Field(
+        2, ge=0, description="Time after connecting in which a client that has sent nothing yet does not count "
+                             "as idle when a session must give way: time to read the greeting and send HELO. "
+                             "Past it, such a client gives way before any whose HELO has arrived.")
     max_sessions_per_user: int = Field(
         10, gt=0, description="Logged-in sessions of one user (per backend) at once; past it the new login gets "
                               "`- Too many sessions for this user, try again later`.")
     max_logins_per_address: int = Field(
         2, gt=0, description="Logins one client address (IPv6: its `ipv6_prefix` network) has under way at once; "
-                             "more wait their turn before the password is checked, so a flood of failing logins "
-                             "from a few addresses cannot queue ahead of everyone else's.")
+                             "more wait their turn before the password is checked. Addresses that failed a login "
+                             "within `login_failure_window` have one login under way at a time between them, so a "
+                             "flood of failing logins cannot queue ahead of everyone else's password check.")
     listen_backlog: int = Field(
         1024, ge=1, le=65535,
         description="Connections the kernel queues for each listener before pop2gate accepts them (capped by "
