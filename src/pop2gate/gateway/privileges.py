@@ -24,7 +24,7 @@ log = logging.getLogger("pop2gate.privileges")
 
 DEFAULT_USER = "nobody"
 # idna and punycode: host names (socket.getaddrinfo, ssl's server_hostname); utf-16-be:
-# modified UTF-7 folder names (stores.folders); the rest: imaplib's and the stores' text.
+# modified UTF-7 folder names (stores.folders); the rest: the IMAP client's and the stores' text.
 PRELOAD_CODECS = ("idna", "punycode", "utf-16-be", "ascii", "latin-1", "utf-8")
 _ACCESS_WORDS = ((os.R_OK, "readable"), (os.W_OK, "writable"), (os.X_OK, "searchable"))
 
