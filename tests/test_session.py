@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from helpers import PASSWORD, expect_closed, read_line
+from helpers import PASSWORD, expect_closed, read_line, until_idle
 
 GREETING = b"+ POP2 test.invalid pop2gate server ready\r\n"
 HELO = f"HELO alice {PASSWORD}\r\n".encode()
@@ -221,6 +221,21 @@ async def test_acks_marks_seen(server, env, three):
     assert [p.name for p in cur] == [f"{three[0]}:2,S"]
 
 
+async def test_acks_counts_when_the_client_goes_without_quit(server, env, three):
+    """The flag is applied however the session ends (deletions only on a clean end)."""
+    reader, writer = await session(server, HELO, b"READ\r\nRETR\r\nACKS\r\nRETR\r\nACKD\r\n")
+    assert await read_line(reader) == b"#3 messages in INBOX\r\n"
+    for msg in (MSG1, MSG2):
+        assert (await read_line(reader)).startswith(b"=")
+        await asyncio.wait_for(reader.readexactly(len(crlf(msg))), 5)
+    assert await read_line(reader) == b"=%d characters in message 3\r\n" % len(crlf(MSG3) + b"\r\n")
+    writer.close()  # gone without QUIT
+    await until_idle(server.gateway)
+    cur = list((env.mail / "alice" / "cur").iterdir())
+    assert [p.name for p in cur] == [f"{three[0]}:2,S"]
+    assert env.files("alice") == sorted(three)  # the ACKD'd message is kept
+
+
 # -- message data ---------------------------------------------------------------
 
 
@@ -258,15 +273,35 @@ async def test_large_message_with_cr_at_chunk_boundary(make_server, env):
     assert wire in reply
 
 
-async def test_message_changed_after_read_never_sends_wrong_count(server, env):
+async def test_message_changed_after_read_never_sends_wrong_count(make_server, env):
+    """A message past one RETR chunk is read again at RETR: exactly the announced octets go
+    out, then the connection closes."""
+    server = await make_server({"retr_chunk_size": 1024})
+    uid = env.deliver("alice", b"x" * 2000 + b"\n")
+    reader, writer = await session(server, HELO, b"READ\r\n")
+    assert await read_line(reader) == b"#1 message in INBOX\r\n"
+    assert await read_line(reader) == b"=2002 characters in message 1\r\n"
+    (env.mail / "alice" / "new" / uid).write_bytes(b"y" * 3000 + b"\n")
+    writer.write(b"RETR\r\n")
+    rest = await expect_closed(reader)
+    assert rest == b"y" * 2002  # exactly the announced octets, then the connection closes
+    assert env.files("alice") == [uid]
+
+
+async def test_a_small_message_is_sent_as_it_was_counted(server, env):
+    """One within a RETR chunk was read whole when counted: RETR sends those octets, whatever
+    happened to the file since, and the session goes on."""
     uid = env.deliver("alice", b"short\n")
     reader, writer = await session(server, HELO, b"READ\r\n")
     assert await read_line(reader) == b"#1 message in INBOX\r\n"
     assert await read_line(reader) == b"=7 characters in message 1\r\n"
     (env.mail / "alice" / "new" / uid).write_bytes(b"much longer now\n")
     writer.write(b"RETR\r\n")
-    rest = await expect_closed(reader)
-    assert rest == b"much lo"  # exactly the announced 7 octets, then the connection closes
+    assert await asyncio.wait_for(reader.readexactly(7), 5) == b"short\r\n"
+    writer.write(b"NACK\r\n")  # announced again: read again, as it is now
+    assert await read_line(reader) == b"=17 characters in message 1\r\n"
+    writer.write(b"QUIT\r\n")
+    assert await expect_closed(reader) == b"+ OK\r\n"
     assert env.files("alice") == [uid]
 
 

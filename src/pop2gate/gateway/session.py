@@ -287,11 +287,12 @@ class Session:
         await self._write(self.proto.send_count(len(self.messages), folder))
 
     async def _release(self) -> None:
-        """Apply this folder's ACKD deletions: the only place mail is removed."""
-        if not self.acked:
-            return
+        """Apply this folder's ACKD deletions, the only place mail is removed, and (the store's
+        part) the ACKS flags it still holds: QUIT and FOLD answer only once both are done."""
         refs = [self.messages[n - 1] for n in sorted(self.acked)]
         await self._store_call(self._mailbox().release(refs))
+        if not refs:
+            return
         self.metrics.deletions.labels(self.backend).inc(len(refs))
         log.info("deleted %s folder=%r count=%d", self.tag, self.folder, len(refs),
                  extra=self._event("deleted", folder=self.folder, count=len(refs)))

@@ -13,10 +13,10 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from ...pop2.wire import FOLDER_SEPARATOR
 from ..base import Mailbox, MessageRef, Peer, StoreError
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["MaildirBackend", "MaildirMailbox", "MaildirStore", "make_maildir"]
 
 log = logging.getLogger("pop2gate.maildir")
+
+T = TypeVar("T")
 
 SUBDIRS = ("new", "cur")
 READ_SIZE = 1 << 20
@@ -56,12 +58,6 @@ def _sort_key(name: str) -> tuple[int, str]:
 # a symlink: nothing a user can write into a Maildir can lead the store outside it.
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _read_fd(fd: int, size: int) -> Iterator[bytes]:
-    with os.fdopen(fd, "rb") as f:
-        while chunk := f.read(size):
-            yield chunk
 
 
 class _Walk:
@@ -122,10 +118,24 @@ def _make_home(root: Path, user: str) -> None:
                 os.mkdir(sub, 0o700, dir_fd=home_fd)
 
 
+class _Unflagged(Exception):
+    """A seen flag noted by `mark_seen` could not be applied on disk."""
+
+    def __init__(self, ref: MessageRef, err: OSError) -> None:
+        super().__init__(f"cannot flag message {ref.id}: {err.strerror}")
+
+
 class MaildirMailbox:
     """One user's Maildir, `<root>/<user>/`. Every directory and file below the root is
     reached one component at a time without following a symlink (`_Walk`), for reading,
-    renaming and unlinking alike, so the mailbox never leaves the user's own Maildir."""
+    renaming and unlinking alike, so the mailbox never leaves the user's own Maildir.
+
+    A message is read once: its count (READ, or the answer to an ack) reads a message of up to
+    `chunk_size` octets in wire form whole and keeps those octets for its RETR (at most one
+    message, one RETR chunk, per session); a larger one is counted (once per file) and
+    streamed. Seen flags (ACKS) are noted and applied with the store's next trip to a worker
+    thread, whatever it is for, and when the folder is selected again or released, or the
+    session closes, cleanly or not. Each trip is one `_Walk` from the store's root."""
 
     def __init__(self, root: Path, user: str, chunk_size: int, form: WireForm | None = None) -> None:
         self.root = root
@@ -135,6 +145,8 @@ class MaildirMailbox:
         self.folder_dir: str | None = None  # the selected folder's directory in the home ("" INBOX)
         self._files: dict[str, tuple[str, str]] = {}  # id -> (subdirectory, file name)
         self._sizes: dict[tuple[int, int, int, int], int] = {}  # file -> octets, last line ended
+        self._held: tuple[MessageRef, bytes] | None = None  # the message last counted, in wire form
+        self._seen: list[MessageRef] = []  # ACKS noted, not yet on disk
 
     @property
     def home(self) -> Path:
@@ -153,6 +165,75 @@ class MaildirMailbox:
         if any("." in level for level in levels):
             return None  # "." is Maildir++'s own separator: no such folder
         return "." + ".".join(encode_mutf7(level) for level in levels)
+
+    # -- trips to a worker thread -----------------------------------------------------------
+
+    async def _trip(self, fn: Callable[[], T]) -> T:
+        """Run `fn` in a worker thread, after the seen flags noted since the last trip.
+        Raises StoreError when a flag cannot be applied (`fn` runs all the same)."""
+        seen, self._seen = self._seen, []
+        if not seen:
+            return await asyncio.to_thread(fn)
+        result, unflagged = await asyncio.to_thread(self._flagged_then, seen, fn)
+        if unflagged is not None:
+            raise StoreError(str(unflagged))
+        return result
+
+    def _flagged_then(self, seen: list[MessageRef], fn: Callable[[], T]) -> tuple[T, _Unflagged | None]:
+        unflagged = None
+        try:
+            self._apply_seen(seen)
+        except _Unflagged as err:
+            unflagged = err
+        return fn(), unflagged
+
+    def _subdirs(self, walk: _Walk) -> dict[str, int]:
+        """The fds of the selected folder's cur/ and new/ (those that are directories of its own)."""
+        if self.folder_dir is None:
+            return {}
+        folder_fd = self._open_folder(walk, self.folder_dir)
+        subs: dict[str, int] = {}
+        for sub in SUBDIRS:
+            with contextlib.suppress(OSError):
+                subs[sub] = walk.open(sub, folder_fd)
+        return subs
+
+    def _locate(self, walk: _Walk, ref: MessageRef) -> tuple[dict[str, int], str, str] | None:
+        """(fds of the folder's cur/ and new/, the message's subdirectory, its file name) now:
+        flags may have renamed it since select. Only regular files count."""
+        subs = self._subdirs(walk)
+        found = self._find(subs, ref)
+        return None if found is None else (subs, *found)
+
+    def _find(self, subs: dict[str, int], ref: MessageRef) -> tuple[str, str] | None:
+        known = self._files.get(ref.id)
+        if known and known[0] in subs and self._is_file(subs[known[0]], known[1]):
+            return known
+        # Renamed since it was last seen (another client changed its flags): look for it.
+        for sub, fd in subs.items():
+            with contextlib.suppress(OSError):
+                for name in os.listdir(fd):
+                    if name.split(":", 1)[0] == ref.id and self._is_file(fd, name):
+                        self._files[ref.id] = (sub, name)
+                        return sub, name
+        return None
+
+    @staticmethod
+    def _is_file(dir_fd: int, name: str) -> bool:
+        try:
+            return stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
+
+    def _open_message(self, ref: MessageRef) -> int | None:
+        with _Walk() as walk:
+            found = self._locate(walk, ref)
+            if found is None:
+                return None
+            subs, sub, name = found
+            return os.open(name, _FILE, dir_fd=subs[sub])
+
+    # -- select ----------------------------------------------------------------------------
 
     def _scan(self, folder_dir: str) -> list[tuple[str, str, int]]:
         found: list[tuple[str, str, int]] = []
@@ -177,6 +258,8 @@ class MaildirMailbox:
         return found
 
     def _select(self, folder: str) -> list[tuple[str, str, int]] | None:
+        self.folder_dir = None
+        self._files = {}
         folder_dir = self._dir_name(folder)
         if folder_dir is None:
             return None
@@ -188,9 +271,12 @@ class MaildirMailbox:
         return found
 
     async def select(self, folder: str) -> list[MessageRef]:
-        self.folder_dir = None
-        self._files = {}
-        found = await asyncio.to_thread(self._select, folder)
+        self._held = None
+        try:
+            found = await self._trip(lambda: self._select(folder))
+        finally:
+            if self.folder_dir is None:
+                self._files = {}
         if found is None:
             return []
         refs: list[MessageRef] = []
@@ -202,65 +288,42 @@ class MaildirMailbox:
             refs.append(MessageRef(uid, size, seen="S" in _flags(name)))
         return refs
 
-    def _locate(self, walk: _Walk, ref: MessageRef) -> tuple[dict[str, int], str, str] | None:
-        """(fds of the folder's cur/ and new/, the message's subdirectory, its file name) now:
-        flags may have renamed it since select. Only regular files count."""
-        if self.folder_dir is None:
-            return None
-        folder_fd = self._open_folder(walk, self.folder_dir)
-        subs: dict[str, int] = {}
-        for sub in SUBDIRS:
-            with contextlib.suppress(OSError):
-                subs[sub] = walk.open(sub, folder_fd)
-        known = self._files.get(ref.id)
-        if known and known[0] in subs and self._is_file(subs[known[0]], known[1]):
-            return subs, *known
-        # Renamed since it was last seen (another client changed its flags): look for it.
-        for sub, fd in subs.items():
-            with contextlib.suppress(OSError):
-                for name in os.listdir(fd):
-                    if name.split(":", 1)[0] == ref.id and self._is_file(fd, name):
-                        self._files[ref.id] = (sub, name)
-                        return subs, sub, name
-        return None
+    # -- READ and RETR -----------------------------------------------------------------------
 
-    @staticmethod
-    def _is_file(dir_fd: int, name: str) -> bool:
-        try:
-            return stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-        except OSError:
-            return False
-
-    def _open_message(self, ref: MessageRef) -> int | None:
-        with _Walk() as walk:
-            found = self._locate(walk, ref)
-            if found is None:
-                return None
-            subs, sub, name = found
-            return os.open(name, _FILE, dir_fd=subs[sub])
-
-    def _wire_size(self, ref: MessageRef) -> int:
+    def _count(self, ref: MessageRef) -> tuple[int, bytes | None]:
+        """The octets RETR will send for `ref`, and those octets when they fit in one RETR chunk."""
         try:
             fd = self._open_message(ref)
         except OSError:
-            return 0
+            return 0, None
         if fd is None:
-            return 0
-        st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            return 0, None
         try:
-            if key not in self._sizes:
-                self._sizes[key] = wire_size_of(_read_fd(fd, READ_SIZE))
-                fd = -1  # closed by the reader
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_size <= self.chunk_size:
+                    data = f.read(self.chunk_size + 1)
+                    if len(data) <= self.chunk_size:
+                        enc = self.form.encoder(ref.seen, bare_lf=True)
+                        wire, tail = enc.feed(data), enc.finish()
+                        wire = wire + tail if tail else wire
+                        return len(wire), wire if len(wire) <= self.chunk_size else None
+                    f.seek(0)
+                key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                if key not in self._sizes:
+                    self._sizes[key] = wire_size_of(iter(lambda: f.read(READ_SIZE), b""))
+                return self.form.size(self._sizes[key], ref.seen), None
         except OSError:
-            return 0
-        finally:
-            if fd >= 0:
-                os.close(fd)
-        return self.form.size(self._sizes[key], ref.seen)
+            return 0, None
 
     async def wire_size(self, msg: MessageRef) -> int:
-        return await asyncio.to_thread(self._wire_size, msg)
+        if self._held is not None and self._held[0] == msg:
+            return len(self._held[1])  # announced again before its RETR: its octets are in hand
+        self._held = None
+        size, held = await self._trip(lambda: self._count(msg))
+        if held is not None:
+            self._held = (msg, held)
+        return size
 
     def _open_and_read(self, ref: MessageRef) -> tuple[BinaryIO, bytes] | None:
         """The message's file and its first chunk, in one trip to a worker thread."""
@@ -275,8 +338,16 @@ class MaildirMailbox:
             raise
 
     async def fetch(self, msg: MessageRef) -> AsyncGenerator[bytes, None]:
+        """A message counted and held is sent from memory: its count went out and these are
+        exactly its octets, so even when another client has removed it since, sending it
+        whole is the only correct end. Any other is read from its file in RETR chunks."""
+        held, self._held = self._held, None
+        if held is not None and held[0] == msg:
+            if held[1]:
+                yield held[1]
+            return
         try:
-            opened = await asyncio.to_thread(self._open_and_read, msg)
+            opened = await self._trip(lambda: self._open_and_read(msg))
         except OSError as err:
             raise StoreError(f"cannot open message {msg.id}: {err.strerror}") from None
         if opened is None:
@@ -298,41 +369,65 @@ class MaildirMailbox:
         if tail:
             yield tail
 
-    def _mark_seen(self, ref: MessageRef) -> None:
-        with _Walk() as walk:
-            found = self._locate(walk, ref)
-            if found is None:
-                return
-            subs, sub, name = found
-            flags = _flags(name)
-            if sub == "cur" and "S" in flags:
-                return
-            if "cur" not in subs:
-                raise FileNotFoundError(errno.ENOENT, "no cur/ of its own in the folder")
-            new_name = f"{ref.id}:2,{''.join(sorted(set(flags + 'S')))}"
-            os.rename(name, new_name, src_dir_fd=subs[sub], dst_dir_fd=subs["cur"])
-            self._files[ref.id] = ("cur", new_name)
+    # -- ACKS and ACKD -------------------------------------------------------------------------
 
     async def mark_seen(self, msg: MessageRef) -> None:
-        try:
-            await asyncio.to_thread(self._mark_seen, msg)
-        except OSError as err:
-            raise StoreError(f"cannot flag message {msg.id}: {err.strerror}") from None
+        """Note the flag; the next trip to a worker thread applies it (see the class)."""
+        self._seen.append(msg)
+
+    def _apply_seen(self, refs: list[MessageRef]) -> None:
+        """Move each message into cur/ with the S flag. Every one is tried; the first failure
+        is raised after."""
+        failed: _Unflagged | None = None
+        with _Walk() as walk:
+            subs = self._subdirs(walk)
+            for ref in refs:
+                try:
+                    self._mark_seen(subs, ref)
+                except OSError as err:
+                    failed = failed or _Unflagged(ref, err)
+        if failed is not None:
+            raise failed
+
+    def _mark_seen(self, subs: dict[str, int], ref: MessageRef) -> None:
+        found = self._find(subs, ref)
+        if found is None:
+            return
+        sub, name = found
+        flags = _flags(name)
+        if sub == "cur" and "S" in flags:
+            return
+        if "cur" not in subs:
+            raise FileNotFoundError(errno.ENOENT, "no cur/ of its own in the folder")
+        new_name = f"{ref.id}:2,{''.join(sorted(set(flags + 'S')))}"
+        os.rename(name, new_name, src_dir_fd=subs[sub], dst_dir_fd=subs["cur"])
+        self._files[ref.id] = ("cur", new_name)
 
     def _delete(self, refs: Sequence[MessageRef]) -> None:
-        for ref in refs:
-            with _Walk() as walk:
-                found = self._locate(walk, ref)
+        with _Walk() as walk:
+            subs = self._subdirs(walk)
+            for ref in refs:
+                found = self._find(subs, ref)
                 if found is not None:
-                    subs, sub, name = found
-                    os.unlink(name, dir_fd=subs[sub])
+                    os.unlink(found[1], dir_fd=subs[found[0]])
                     self._files.pop(ref.id, None)
 
     async def release(self, deleted: Sequence[MessageRef]) -> None:
+        """The flags noted first, then the deletions."""
+        self._held = None
+        if not deleted and not self._seen:
+            return
         try:
-            await asyncio.to_thread(self._delete, deleted)
+            await self._trip(lambda: self._delete(deleted))
         except OSError as err:
             raise StoreError(f"cannot delete: {err.strerror}") from None
 
     async def close(self) -> None:
+        """Apply the flags noted (the session may have ended any way at all), delete nothing."""
+        self._held = None
+        if self._seen:
+            try:
+                await self._trip(lambda: None)
+            except (StoreError, OSError, RuntimeError) as err:  # RuntimeError: the pool is shut down
+                log.warning("user %r: seen flags not applied: %s", self.user, err)
         self._files = {}
