@@ -822,3 +822,27 @@ async def test_replies_that_echo_arguments_stay_within_512_octets(server):
         assert len(reply) <= 512 and reply[:1] in b"=#", reply[:40]
     writer.write(b"QUIT\r\n")
     assert await expect_closed(reader) == b"+ OK\r\n"
+
+
+async def test_retr_data_goes_out_in_as_few_writes_as_the_chunk_size_allows(make_server, env, monkeypatch):
+    """Each write is a send() that wakes the client: the last line's CRLF a store adds goes
+    with the octets before it, not in a write of its own."""
+    server = await make_server({"retr_chunk_size": 1024})
+    env.deliver("alice", b"x" * 2999)  # no line end: the store adds one
+    writes: list[int] = []
+    real = asyncio.StreamWriter.write
+
+    def write(self, data):
+        if self.get_extra_info("sockname")[1] == server.port:
+            writes.append(len(data))
+        return real(self, data)
+
+    monkeypatch.setattr(asyncio.StreamWriter, "write", write)
+    reader, writer = await session(server, HELO, b"READ\r\n")
+    assert await read_line(reader) == b"#1 message in INBOX\r\n"
+    assert await read_line(reader) == b"=3001 characters in message 1\r\n"
+    writes.clear()
+    writer.write(b"RETR\r\n")
+    assert await asyncio.wait_for(reader.readexactly(3001), 5) == b"x" * 2999 + b"\r\n"
+    assert writes == [1024, 1024, 953]
+    writer.close()

@@ -38,6 +38,36 @@ class _Close(Exception):
         self.error = error
 
 
+class _Pieces:
+    """RETR's octets gathered into writes of up to `size` octets (a larger piece goes alone)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._held: list[bytes] = []
+        self._len = 0
+
+    def add(self, piece: bytes) -> list[bytes]:
+        """Hold `piece`; return what is ready to write, in order."""
+        ready = []
+        if self._len + len(piece) > self.size and self._held:
+            ready.append(self._join())
+        if len(piece) >= self.size:
+            ready.append(piece)
+        elif piece:
+            self._held.append(piece)
+            self._len += len(piece)
+        return ready
+
+    def take(self) -> bytes | None:
+        """What is held, as one write (None: nothing)."""
+        return self._join() if self._held else None
+
+    def _join(self) -> bytes:
+        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held, self._len = [], 0
+        return data
+
+
 class Session:
     """Serve one connection until QUIT, an error, a timeout or a disconnect."""
 
@@ -205,7 +235,8 @@ class Session:
 
     async def _step(self) -> None:
         event = await self._next_event()
-        log.debug("command %r %s", event, self.tag)  # a Helo's repr hides its password
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("command %r %s", event, self.tag)  # a Helo's repr hides its password
         match event:
             case ProtocolViolation(detail=detail, reply=reply):
                 log.warning("protocol error %s: %s", self.tag, detail)
@@ -306,28 +337,40 @@ class Session:
         await self._write(self.proto.send_length(size, n))
 
     async def _retr(self) -> None:
-        """Send exactly the announced octets; the protocol core counts them."""
+        """Send exactly the announced octets; the protocol core counts them. The store's pieces
+        go out together up to `retr_chunk_size` a write: each write is a send() that wakes the
+        client, so a small piece (the CRLF a store adds at the end, say) gets none of its own."""
         ref = self.messages[self.current - 1]
         expected = self.proto.announced
         chunks = self._mailbox().fetch(ref)
+        out = _Pieces(self.limits.retr_chunk_size)
         try:
             async with contextlib.aclosing(chunks):
                 async for chunk in chunks:
-                    if len(chunk) > self.proto.data_left:
-                        await self._write(self.proto.send_data(chunk[: self.proto.data_left]))
+                    longer = len(chunk) > self.proto.data_left
+                    for ready in out.add(self.proto.send_data(chunk[: self.proto.data_left] if longer else chunk)):
+                        await self._write(ready)
+                    if longer:
+                        await self._write_pieces(out.take())
                         self._transfer_failed(ref, f"longer than the announced {expected} octets")
-                    await self._write(self.proto.send_data(chunk))
         except StoreError as err:
+            await self._write_pieces(out.take())
             sent = expected - self.proto.data_left
             self._transfer_failed(ref, f"backend failed after {sent} of {expected} octets: {err}")
+        await self._write_pieces(out.take())
         try:
             self.proto.end_data()
         except LocalProtocolError as err:
             self._transfer_failed(ref, str(err))
         self.metrics.messages.labels(self.backend).inc()
         self.metrics.octets.labels(self.backend).inc(expected)
-        log.info("retr %s n=%d octets=%d", self.tag, self.current, expected,
-                 extra=self._event("retr", folder=self.folder, n=self.current, octets=expected))
+        if log.isEnabledFor(logging.INFO):
+            log.info("retr %s n=%d octets=%d", self.tag, self.current, expected,
+                     extra=self._event("retr", folder=self.folder, n=self.current, octets=expected))
+
+    async def _write_pieces(self, data: bytes | None) -> None:
+        if data:
+            await self._write(data)
 
     def _transfer_failed(self, ref: MessageRef, why: str) -> NoReturn:
         """End the session mid-RETR: no reply can follow message data, nothing is deleted."""
