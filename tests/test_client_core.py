@@ -809,3 +809,29 @@ def test_unsolicited_octets_after_retr(data, extra):
             client.read()
             assert client.retr() == b"abc"  # the extra octets come in the same send as the data
             assert client.unsolicited() is extra
+
+
+def test_blocking_client_sends_each_command_at_once():
+    """TCP_NODELAY: a command line never waits in the kernel for the ACK of the one before."""
+    port, server = thread_server([b"=0\r\n"])
+    with Client.connect("127.0.0.1", port, timeout=5) as client:
+        assert client._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    server.close()
+
+
+def test_message_data_is_handed_over_as_received():
+    """Octets that are all message data come out as the very object received (no copy); only
+    what follows the message in the same read is kept for the reply."""
+    p = at("nmbr")
+    p.read(1)
+    assert feed(p, b"=8000\r\n") == [Length(8000, "")]
+    p.retr()
+    first, second = b"a" * 5000, b"b" * 3000 + b"=0 done\r\n"
+    p.receive_data(first)
+    assert p.next_event().data is first
+    assert p.buffered == 0
+    p.receive_data(second)
+    assert p.next_event() == Data(b"b" * 3000) and p.next_event() == DataEnd()
+    assert p.buffered == len(b"=0 done\r\n")
+    p.acks()
+    assert p.next_event() == Length(0, "done")
