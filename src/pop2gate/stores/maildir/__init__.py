@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,6 +87,7 @@ class MaildirStore:
         self.name = backend.name
         self.root = backend.path
         self.users_file = backend.users_file
+        self.limits = limits
         self.chunk_size = limits.retr_chunk_size
         self.form = WireForm(uw_compat)
         self._hashing = ThreadPoolExecutor(limits.password_hash_workers, thread_name_prefix="argon2")
@@ -100,7 +102,8 @@ class MaildirStore:
             await asyncio.to_thread(_make_home, self.root, user)
         except OSError as err:
             raise StoreError(f"cannot open maildir of {user!r}: {err.strerror}") from None
-        return MaildirMailbox(self.root, user, self.chunk_size, self.form)
+        return MaildirMailbox(self.root, user, self.chunk_size, self.form, readahead=self.limits.maildir_readahead,
+                              recheck=self.limits.maildir_recheck_interval)
 
     async def aclose(self) -> None:
         self._hashing.shutdown(wait=False, cancel_futures=True)
@@ -131,21 +134,28 @@ class MaildirMailbox:
     renaming and unlinking alike, so the mailbox never leaves the user's own Maildir.
 
     A message is read once: its count (READ, or the answer to an ack) reads a message of up to
-    `chunk_size` octets in wire form whole and keeps those octets for its RETR (at most one
-    message, one RETR chunk, per session); a larger one is counted (once per file) and
-    streamed. Seen flags (ACKS) are noted and applied with the store's next trip to a worker
-    thread, whatever it is for, and when the folder is selected again or released, or the
-    session closes, cleanly or not. Each trip is one `_Walk` from the store's root."""
+    `chunk_size` octets in wire form whole, and the small messages after it up to `readahead`
+    octets, in one trip to a worker thread; those octets are kept for their RETR, and announced
+    from memory while younger than `recheck` seconds. A larger message is counted (once per
+    file) and streamed. Seen flags (ACKS) are noted and applied with the store's next trip to a
+    worker thread, whatever it is for, and when the folder is selected again or released, or
+    the session closes, cleanly or not. Each trip is one `_Walk` from the store's root."""
 
-    def __init__(self, root: Path, user: str, chunk_size: int, form: WireForm | None = None) -> None:
+    def __init__(self, root: Path, user: str, chunk_size: int, form: WireForm | None = None, *,
+                 readahead: int = 0, recheck: float = 0.0) -> None:
         self.root = root
         self.user = user
         self.chunk_size = chunk_size
         self.form = form or WireForm()
+        self.readahead = readahead
+        self.recheck = recheck
         self.folder_dir: str | None = None  # the selected folder's directory in the home ("" INBOX)
         self._files: dict[str, tuple[str, str]] = {}  # id -> (subdirectory, file name)
         self._sizes: dict[tuple[int, int, int, int], int] = {}  # file -> octets, last line ended
-        self._held: tuple[MessageRef, bytes] | None = None  # the message last counted, in wire form
+        self._refs: list[MessageRef] = []  # the selected folder's snapshot, for what comes next
+        self._position: dict[str, int] = {}  # id -> its place in `_refs`
+        self._held: dict[MessageRef, bytes] = {}  # messages read, in wire form, until their RETR
+        self._held_at = 0.0  # when they were read (time.monotonic)
         self._seen: list[MessageRef] = []  # ACKS noted, not yet on disk
 
     @property
@@ -271,7 +281,8 @@ class MaildirMailbox:
         return found
 
     async def select(self, folder: str) -> list[MessageRef]:
-        self._held = None
+        self._held = {}
+        self._refs, self._position = [], {}
         try:
             found = await self._trip(lambda: self._select(folder))
         finally:
@@ -286,17 +297,41 @@ class MaildirMailbox:
                 continue
             self._files[uid] = (sub, name)
             refs.append(MessageRef(uid, size, seen="S" in _flags(name)))
+        self._refs = refs
+        self._position = {ref.id: n for n, ref in enumerate(refs)}
         return refs
 
     # -- READ and RETR -----------------------------------------------------------------------
 
-    def _count(self, ref: MessageRef) -> tuple[int, bytes | None]:
-        """The octets RETR will send for `ref`, and those octets when they fit in one RETR chunk."""
+    def _count(self, ref: MessageRef) -> tuple[int, dict[MessageRef, bytes]]:
+        """The octets RETR will send for `ref`, and the messages read whole: `ref` when it fits
+        in one RETR chunk, then the small ones after it up to `readahead` octets."""
+        with _Walk() as walk:
+            subs = self._subdirs(walk)
+            size, wire = self._count_one(subs, ref)
+            held = {} if wire is None else {ref: wire}
+            if wire is None or not self.readahead:
+                return size, held
+            ahead = 0
+            at = self._position.get(ref.id)
+            for after in [] if at is None else self._refs[at + 1 :]:
+                if ahead + after.size > self.readahead:
+                    break  # its file holds at least its snapshot size
+                n, wire = self._count_one(subs, after)
+                if wire is None or ahead + n > self.readahead:
+                    break
+                held[after] = wire
+                ahead += n
+            return size, held
+
+    def _count_one(self, subs: dict[str, int], ref: MessageRef) -> tuple[int, bytes | None]:
+        """`ref`'s octets in wire form, and those octets when they fit in one RETR chunk."""
         try:
-            fd = self._open_message(ref)
+            found = self._find(subs, ref)
+            if found is None:
+                return 0, None
+            fd = os.open(found[1], _FILE, dir_fd=subs[found[0]])
         except OSError:
-            return 0, None
-        if fd is None:
             return 0, None
         try:
             with os.fdopen(fd, "rb") as f:
@@ -317,12 +352,13 @@ class MaildirMailbox:
             return 0, None
 
     async def wire_size(self, msg: MessageRef) -> int:
-        if self._held is not None and self._held[0] == msg:
-            return len(self._held[1])  # announced again before its RETR: its octets are in hand
-        self._held = None
-        size, held = await self._trip(lambda: self._count(msg))
-        if held is not None:
-            self._held = (msg, held)
+        wire = self._held.get(msg)
+        if wire is not None and time.monotonic() - self._held_at < self.recheck:
+            return len(wire)  # read a moment ago, for this very announcement or ahead of it
+        self._held = {}
+        at = time.monotonic()
+        size, self._held = await self._trip(lambda: self._count(msg))
+        self._held_at = at
         return size
 
     def _open_and_read(self, ref: MessageRef) -> tuple[BinaryIO, bytes] | None:
@@ -341,10 +377,10 @@ class MaildirMailbox:
         """A message counted and held is sent from memory: its count went out and these are
         exactly its octets, so even when another client has removed it since, sending it
         whole is the only correct end. Any other is read from its file in RETR chunks."""
-        held, self._held = self._held, None
-        if held is not None and held[0] == msg:
-            if held[1]:
-                yield held[1]
+        wire = self._held.pop(msg, None)
+        if wire is not None:
+            if wire:
+                yield wire
             return
         try:
             opened = await self._trip(lambda: self._open_and_read(msg))
@@ -414,7 +450,7 @@ class MaildirMailbox:
 
     async def release(self, deleted: Sequence[MessageRef]) -> None:
         """The flags noted first, then the deletions."""
-        self._held = None
+        self._held = {}
         if not deleted and not self._seen:
             return
         try:
@@ -424,7 +460,7 @@ class MaildirMailbox:
 
     async def close(self) -> None:
         """Apply the flags noted (the session may have ended any way at all), delete nothing."""
-        self._held = None
+        self._held = {}
         if self._seen:
             try:
                 await self._trip(lambda: None)
