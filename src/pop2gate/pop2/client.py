@@ -41,6 +41,7 @@ from .wire import (
 
 DEFAULT_TIMEOUT = 60.0
 CHUNK = 65536
+MAX_READ = 1 << 20  # the most the blocking client asks the socket for at once, during message data
 
 __all__ = [
     "ClientProtocol", "Client", "AsyncClient", "State", "NEED_DATA",
@@ -180,6 +181,13 @@ class ClientProtocol:
     def buffered(self) -> int:
         """Octets received and not yet taken by an event."""
         return len(self._buf) + len(self._raw)
+
+    @property
+    def data_left(self) -> int:
+        """Octets of message data still due from the server and not yet received (0 outside RETR)."""
+        if self._state is not State.XFER or not self._waiting:
+            return 0
+        return max(self._left - self.buffered, 0)
 
     @property
     def waiting(self) -> bool:
@@ -543,7 +551,8 @@ class Client(_Wrapper):
 
     def _event(self) -> Event:
         while isinstance(event := self.protocol.next_event(), NeedData):
-            self.protocol.receive_data(self._sock.recv(CHUNK))
+            # message data: what is due, up to MAX_READ a read (fewer calls and events per message)
+            self.protocol.receive_data(self._sock.recv(min(max(CHUNK, self.protocol.data_left), MAX_READ)))
         return event
 
     def _call(self, line: bytes | None, kind: type[E]) -> E:
