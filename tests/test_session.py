@@ -846,3 +846,20 @@ async def test_retr_data_goes_out_in_as_few_writes_as_the_chunk_size_allows(make
     assert await asyncio.wait_for(reader.readexactly(3001), 5) == b"x" * 2999 + b"\r\n"
     assert writes == [1024, 1024, 953]
     writer.close()
+
+
+async def test_a_command_arms_no_timer_of_its_own(server, three, monkeypatch):
+    """The deadlines of a session's reads are kept by one loop timer, moved only when a deadline
+    comes nearer: a drain does not schedule (and cancel) a timer per command."""
+    reader, writer = await session(server, HELO)
+    assert await read_line(reader) == b"#3 messages in INBOX\r\n"
+    loop = asyncio.get_running_loop()
+    timers: list[float] = []
+    real = loop.call_at
+    monkeypatch.setattr(loop, "call_at", lambda when, *args, **kw: timers.append(when) or real(when, *args, **kw))
+    for _ in range(20):
+        writer.write(b"READ 1\r\n")
+        assert (await reader.readline()).startswith(b"=")  # no wait_for here: it would arm a timer
+    assert len(timers) <= 1
+    writer.write(b"QUIT\r\n")
+    assert await expect_closed(reader) == b"+ OK\r\n"

@@ -14,6 +14,8 @@ import time
 from collections.abc import Awaitable
 from typing import NoReturn, TypeVar
 
+from prometheus_client import Counter, Histogram
+
 from .. import __version__, logs
 from ..config import Config
 from ..metrics import Metrics
@@ -36,6 +38,54 @@ class _Close(Exception):
         self.reply = reply
         self.why = why
         self.error = error
+
+
+class _Deadline:
+    """The deadline of the read in progress, kept by one loop timer per session. The timer moves
+    only when a deadline comes nearer than it; one further away (the next idle deadline, after
+    every command) is left to the timer, which looks again when it fires. So a command costs
+    two assignments here, not a timer scheduled and cancelled."""
+
+    def __init__(self, task: asyncio.Task[None] | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = task
+        self._when: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
+
+    def set(self, when: float) -> None:
+        """A read begins that must end by `when` (loop time)."""
+        self._when = when
+        if self._timer is None or when < self._timer.when():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(when, self._check)
+
+    def clear(self) -> None:
+        """The read is over."""
+        self._when = None
+
+    def expired(self) -> bool:
+        """Whether the CancelledError being handled is this deadline's (and only its)."""
+        if not self._expired or self._task is None:
+            return False
+        self._expired = False
+        return self._task.uncancel() == 0
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._when is None or self._task is None:
+            return  # no read under way: the next one sets the timer again
+        if self._loop.time() < self._when:
+            self._timer = self._loop.call_at(self._when, self._check)
+            return
+        self._expired = True
+        self._task.cancel()
 
 
 class _Pieces:
@@ -104,6 +154,9 @@ class Session:
         loop = asyncio.get_running_loop()
         self._login_deadline = loop.time() + self.limits.login_timeout
         self._line_deadline: float | None = None  # set while a command line is incomplete
+        self._deadline = _Deadline(self._task)
+        self._timers: dict[tuple[str, str], Histogram] = {}  # backend_seconds by (backend, call)
+        self._sent: tuple[Counter, Counter] | None = None  # messages and octets for this backend
 
     @property
     def tag(self) -> str:
@@ -155,6 +208,7 @@ class Session:
             await self._end()
 
     async def _end(self) -> None:
+        self._deadline.close()
         if self.mailbox is not None:
             pending = len(self.acked)
             if pending:
@@ -222,11 +276,15 @@ class Session:
             elif self._line_deadline is None:
                 limits.append((now + self.limits.idle_timeout, "idle"))
             deadline, why = min(limits)
+            self._deadline.set(deadline)
             try:  # never more than the rest of one command line
-                async with asyncio.timeout_at(deadline):
-                    data = await self.reader.read(self.proto.room)
-            except TimeoutError:
+                data = await self.reader.read(self.proto.room)
+            except asyncio.CancelledError:
+                if not self._deadline.expired():
+                    raise
                 raise _Close(self.proto.send_error(Reason.AUTOLOGOUT), f"timeout: {why}", "timeout") from None
+            finally:
+                self._deadline.clear()
             if not data:
                 raise _Close(why="client closed the connection")
             self.proto.receive_data(data)
@@ -362,8 +420,10 @@ class Session:
             self.proto.end_data()
         except LocalProtocolError as err:
             self._transfer_failed(ref, str(err))
-        self.metrics.messages.labels(self.backend).inc()
-        self.metrics.octets.labels(self.backend).inc(expected)
+        if self._sent is None:
+            self._sent = self.metrics.messages.labels(self.backend), self.metrics.octets.labels(self.backend)
+        self._sent[0].inc()
+        self._sent[1].inc(expected)
         if log.isEnabledFor(logging.INFO):
             log.info("retr %s n=%d octets=%d", self.tag, self.current, expected,
                      extra=self._event("retr", folder=self.folder, n=self.current, octets=expected))
@@ -386,5 +446,8 @@ class Session:
             log.warning("backend error %s: %s", self.tag, err)
             raise _Close(self.proto.send_error(Reason.BACKEND_ERROR), error="backend") from None
         finally:
-            command = getattr(awaitable, "__name__", "call")
-            self.metrics.backend_seconds.labels(self.backend, command).observe(time.monotonic() - start)
+            key = (self.backend, getattr(awaitable, "__name__", "call"))
+            timer = self._timers.get(key)
+            if timer is None:  # each label lookup once per session, not once per command
+                timer = self._timers[key] = self.metrics.backend_seconds.labels(*key)
+            timer.observe(time.monotonic() - start)
