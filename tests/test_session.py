@@ -747,6 +747,17 @@ async def test_acks_never_moves_a_message_out_through_a_symlinked_cur(server, en
     assert sorted(p.name for p in outside.iterdir()) == ["1600000000.M1P1.secret"]
 
 
+async def test_quit_deletes_nothing_when_an_acks_flag_cannot_be_applied(server, env, tmp_path):
+    """The ACKS flags a store still holds go first at QUIT; when one fails, QUIT says so and
+    deletes nothing: the ACKD'd message is fetched again, never lost unseen."""
+    uids = [env.deliver("alice", b"Subject: %d\n\nbody\n" % n) for n in range(2)]
+    outside, _ = outside_dir(tmp_path)
+    swap_for_link(env.mail / "alice" / "cur", outside)
+    reply = await server.talk(HELO + b"READ\r\nRETR\r\nACKD\r\nRETR\r\nACKS\r\nQUIT\r\n")
+    assert reply.endswith(b"=0 no message 3\r\n- Mail server error, try again later\r\n")
+    assert sorted(os.listdir(env.mail / "alice" / "new")) == sorted(uids)
+
+
 async def test_symlinked_tmp_gets_nothing_written(server, env, tmp_path):
     outside, secret = outside_dir(tmp_path)
     swap_for_link(env.mail / "alice" / "tmp", outside)

@@ -178,24 +178,30 @@ class MaildirMailbox:
 
     # -- trips to a worker thread -----------------------------------------------------------
 
-    async def _trip(self, fn: Callable[[], T]) -> T:
+    async def _trip(self, fn: Callable[[], T], *, flags_first: bool = False) -> T:
         """Run `fn` in a worker thread, after the seen flags noted since the last trip.
-        Raises StoreError when a flag cannot be applied (`fn` runs all the same)."""
+        Raises StoreError when a flag cannot be applied: after `fn` has run, or, with
+        `flags_first` (deletions), without running it."""
         seen, self._seen = self._seen, []
         if not seen:
             return await asyncio.to_thread(fn)
-        result, unflagged = await asyncio.to_thread(self._flagged_then, seen, fn)
+        try:
+            result, unflagged = await asyncio.to_thread(self._flagged_then, seen, fn, flags_first)
+        except _Unflagged as err:  # flags_first: `fn` did not run
+            raise StoreError(str(err)) from None
         if unflagged is not None:
             raise StoreError(str(unflagged))
         return result
 
-    def _flagged_then(self, seen: list[MessageRef], fn: Callable[[], T]) -> tuple[T, _Unflagged | None]:
-        unflagged = None
+    def _flagged_then(self, seen: list[MessageRef], fn: Callable[[], T],
+                      flags_first: bool) -> tuple[T, _Unflagged | None]:
         try:
             self._apply_seen(seen)
         except _Unflagged as err:
-            unflagged = err
-        return fn(), unflagged
+            if flags_first:
+                raise
+            return fn(), err
+        return fn(), None
 
     def _subdirs(self, walk: _Walk) -> dict[str, int]:
         """The fds of the selected folder's cur/ and new/ (those that are directories of its own)."""
@@ -449,12 +455,13 @@ class MaildirMailbox:
                     self._files.pop(ref.id, None)
 
     async def release(self, deleted: Sequence[MessageRef]) -> None:
-        """The flags noted first, then the deletions."""
+        """The flags noted first, then the deletions; none when a flag cannot be applied (the
+        session then says so, and the messages ACKD'd are fetched again, never lost unseen)."""
         self._held = {}
         if not deleted and not self._seen:
             return
         try:
-            await self._trip(lambda: self._delete(deleted))
+            await self._trip(lambda: self._delete(deleted), flags_first=True)
         except OSError as err:
             raise StoreError(f"cannot delete: {err.strerror}") from None
 
