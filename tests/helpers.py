@@ -383,7 +383,7 @@ class Relay:
 
     Bytes from the server are passed on until `hold_at` (a marker) shows up; then the relay
     passes everything before the marker, sets `held` and waits: `release()` passes the rest
-    on, `cut()` closes both sides at once.
+    on, `cut()` closes both sides at once. What the client sent is kept in `from_client`.
     """
 
     def __init__(self, upstream: tuple[str, int], hold_at: bytes | None = None):
@@ -393,6 +393,7 @@ class Relay:
         self._go = threading.Event()
         self._cut = False
         self._socks: list[socket.socket] = []
+        self.from_client = bytearray()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.sock.getsockname()[1])
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
@@ -414,6 +415,8 @@ class Relay:
         seen = b""
         try:
             while data := src.recv(65536):
+                if src is self._socks[0]:
+                    self.from_client += data
                 if marker is not None and marker in seen[-len(marker):] + data:
                     at = (seen[-len(marker):] + data).index(marker) - len(seen[-len(marker):])
                     if at > 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from pop2gate.config import Limits
-from pop2gate.gateway.admission import Admission, Stage
+from pop2gate.gateway.admission import FAILING, IDLE, WAITING, Admission, Stage
 
 
 def make(**limits: int) -> Admission:
@@ -85,3 +85,36 @@ async def test_logins_per_address_take_turns():
     await asyncio.gather(*(login(f"a{i}") for i in range(10)))
     assert most == 10  # other addresses are not held back
     assert a._turns == {}  # nothing kept once every login is done
+
+
+def test_among_sessions_waiting_for_helo_failing_then_idle_then_the_oldest_give_way():
+    ranks = {"a": WAITING, "b": WAITING, "c": IDLE, "d": FAILING, "e": IDLE}
+    a = Admission(Limits(max_connections=5, max_prelogin_connections=5), rank=ranks.__getitem__)
+    for n in "abcde":
+        a.admit(n)
+    ranks.update(f=WAITING, g=WAITING, h=WAITING, i=WAITING)
+    assert a.admit("f") == ["d"]  # its address failed a login recently
+    assert a.admit("g") == ["c"]  # then one that has sent nothing, the oldest such
+    assert a.admit("h") == ["e"]
+    assert a.admit("i") == ["a"]  # then the oldest of those whose HELO has arrived (or new)
+    a.stage("b", Stage.DELAY)
+    assert a.admit("j") == ["b"]  # a failed login's delay before all of them
+
+
+async def test_addresses_that_failed_have_one_login_under_way_between_them():
+    failed = {f"bad{i}" for i in range(5)}
+    a = Admission(Limits(max_logins_per_address=2), failing=failed.__contains__)
+    running: dict[str, int] = {"bad": 0, "good": 0}
+    most = dict(running)
+
+    async def login(address: str) -> None:
+        kind = "bad" if address in failed else "good"
+        async with a.login_turn(address):
+            running[kind] += 1
+            most[kind] = max(most[kind], running[kind])
+            await asyncio.sleep(0.01)
+            running[kind] -= 1
+
+    await asyncio.gather(*(login(address) for address in sorted(failed) * 3), login("good1"), login("good2"))
+    assert most == {"bad": 1, "good": 2}  # the clean addresses were not held back
+    assert a._turns == {}

@@ -239,3 +239,21 @@ def test_every_limit_is_documented():
     text = (docs / "configuration.md").read_text() + (docs / "imap.md").read_text()
     for name in list(Limits.model_fields) + list(ServerSettings.model_fields):
         assert f"`{name}`" in text, f"{name} is not documented"
+
+
+def test_the_users_file_is_replaced_durably(tmp_path, monkeypatch):
+    from pop2gate.stores.maildir.users import read_users, set_password
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "users"
+    assert set_password(path, "bob", "pw")
+    assert [os.path.basename(p).startswith(".users-") for p in synced] == [True, False]  # the file, then
+    assert synced[1] == str(tmp_path)  # its directory: the rename is durable too
+    assert list(read_users(path)) == ["bob"] and os.listdir(tmp_path) == ["users"]

@@ -35,7 +35,7 @@ def test_limits_defaults_and_checks():
     limits = cfg().limits
     assert (limits.imap_connect_timeout, limits.imap_command_timeout) == (30, 120)
     assert limits.imap_fetch_chunk == 1024 * 1024 and limits.imap_fetch_memory == 64 * 1024 * 1024
-    assert limits.imap_max_workers == 64 and limits.expunge_without_uidplus is False
+    assert limits.imap_max_logins == 32 and limits.expunge_without_uidplus is False
     with pytest.raises(ConfigError, match="imap_fetch_memory"):
         cfg(limits={"imap_fetch_chunk": 1 << 20, "imap_fetch_memory": 1 << 19})
 

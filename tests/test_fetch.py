@@ -72,6 +72,20 @@ def test_maildir_keep_then_delete_byte_exact(served, env, tmp_path):
     assert (again / "new").stat().st_mode & 0o777 == 0o700
 
 
+def test_each_ack_announces_the_next_message_so_it_is_not_read_again(served, env, tmp_path):
+    deliver_all(env)
+    out = tmp_path / "m"
+    with Relay(("127.0.0.1", served.port)) as relay:
+        result = fetch(relay.port, "--user", "alice", "--maildir", str(out), "--delete")
+    assert result.returncode == 0, result.stderr
+    assert saved(out) == [wire(m) for m in MESSAGES]
+    commands = [line.split()[0] for line in bytes(relay.from_client).split(b"\r\n") if line]
+    # the sizes (READ 1..3), then message 1 made current again; ACKD's =c is message 2's READ
+    assert commands == [b"HELO", b"READ", b"READ", b"READ", b"READ", b"RETR", b"ACKD", b"RETR", b"ACKD", b"RETR",
+                        b"ACKD", b"QUIT"]
+    assert env.files("alice") == []
+
+
 def test_mbox_entries_from_line_and_append(served, env, tmp_path):
     deliver_all(env)
     mbox = tmp_path / "mbox"

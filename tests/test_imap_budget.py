@@ -106,23 +106,30 @@ async def test_imap_backends_share_one_memory_budget():
 
 
 class FakeConn:
-    """Serves one message as an IMAP connection's `fetch_body` would (unit tests only)."""
+    """Serves one message as an IMAP connection's `fetch_tail` and `stream` would (unit tests only)."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.gone: set[int] = set()  # nobody else expunges here
+        self.checked_at = 0.0
 
-    def noop(self) -> None:
+    def check_age(self) -> float:
+        return 0.0
+
+    async def noop(self) -> None:
         pass
 
-    def fetch_tail(self, uid: int, size: int) -> bytes:
+    async def fetch_tail(self, uid: int, size: int) -> bytes:
         return self.data[size - min(size, 2) : size]
 
-    def fetch_body(self, uid: int, offset: int | None = None, length: int | None = None) -> bytes:
-        if offset is None:
-            return self.data
-        assert length is not None
-        return self.data[offset : offset + length]
+    async def stream(self, uid, size, chunk, acquire, release):
+        for offset in range(0, size, chunk):
+            for at in range(offset, min(offset + chunk, size), 1000):  # pieces as a socket gives them
+                n = min(1000, offset + chunk - at)
+                await acquire(n)
+                data = self.data[at : at + n]
+                release(n)
+                yield data
 
 
 def fake_mailbox(data: bytes, **limits) -> ImapMailbox:

@@ -81,3 +81,10 @@ def test_docs_examples_parse():
     routing = tomllib.loads(blocks[1])["routing"]
     names = {"mail", "org-mail", "exec-mail"}
     parse_config({"backend": [imap(n) for n in sorted(names)], "routing": routing})
+
+
+def test_a_config_that_sets_the_removed_worker_pool_is_refused_naming_its_successor():
+    base = {"backend": [imap()], "routing": {"default": "a"}}
+    assert parse_config({**base, "limits": {"imap_max_logins": 3}}).limits.imap_max_logins == 3
+    with pytest.raises(ConfigError, match=r"imap_max_workers.*imap_max_logins"):
+        parse_config({**base, "limits": {"imap_max_workers": 64}})

@@ -270,11 +270,11 @@ async def test_backend_timeout_at_quit_deletes_nothing(dovecot, gate):
     assert_untouched(dovecot, "carol", uids)
 
 
-async def test_many_sessions_share_few_workers(dovecot, gate):
+async def test_many_sessions_share_few_login_slots(dovecot, gate):
     dovecot.clear("bob")
     body = b"Subject: shared\r\n\r\nhello\r\n"
     dovecot.append("bob", body)
-    g = await gate(limits={"imap_max_workers": 4, "max_connections": 100, "max_connections_per_address": 100})
+    g = await gate(limits={"imap_max_logins": 2, "max_connections": 100, "max_connections_per_address": 100})
 
     async def one():
         c = await g.client()

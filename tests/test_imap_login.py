@@ -120,15 +120,16 @@ def test_split_master():
     assert split_master("alice*") is None
 
 
-@pytest.mark.parametrize("user,password,wire", [
-    ("alice", 'p" x\\y', b'LOGIN "alice" "p\\" x\\\\y"\r\n'),
-    ('a"b', "pw\u00e9", b'LOGIN "a\\"b" {4}\r\npw\xc3\xa9\r\n'),
-    ("j\u00fcrgen", "pw", b'LOGIN {7+}\r\nj\xc3\xbcrgen "pw"\r\n'),
-    ("alice", 'x" a1 DELETE INBOX', b'LOGIN "alice" "x\\" a1 DELETE INBOX"\r\n'),
-    ("alice", "{5}", b'LOGIN "alice" "{5}"\r\n'),
+@pytest.mark.parametrize("user,password,caps,wire", [
+    ("alice", 'p" x\\y', "IMAP4rev1 LITERAL+ ID", b'LOGIN "alice" "p\\" x\\\\y"\r\n'),
+    ('a"b', "pw\u00e9", "IMAP4rev1 LITERAL+ ID", b'LOGIN "a\\"b" {4+}\r\npw\xc3\xa9\r\n'),
+    ('a"b', "pw\u00e9", "IMAP4rev1 ID", b'LOGIN "a\\"b" {4}\r\npw\xc3\xa9\r\n'),  # waits for "+"
+    ("j\u00fcrgen", "pw", "IMAP4rev1 LITERAL+ ID", b'LOGIN {7+}\r\nj\xc3\xbcrgen "pw"\r\n'),
+    ("alice", 'x" a1 DELETE INBOX', "IMAP4rev1 LITERAL+ ID", b'LOGIN "alice" "x\\" a1 DELETE INBOX"\r\n'),
+    ("alice", "{5}", "IMAP4rev1 LITERAL+ ID", b'LOGIN "alice" "{5}"\r\n'),
 ])
-async def test_login_arguments_are_quoted_or_literal(scripted, user, password, wire):
-    script, store = await scripted()
+async def test_login_arguments_are_quoted_or_literal(scripted, user, password, caps, wire):
+    script, store = await scripted(caps=caps)
     assert await store.login(user, password, Peer("127.0.0.9", 4242)) is None
     assert script.sent(b"LOGIN") == [wire]
 

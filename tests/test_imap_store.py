@@ -190,7 +190,12 @@ async def test_master_user_login(dovecot, store):
 async def test_id_sends_client_address(dovecot, store):
     box = await store.login("alice", USERS["alice"], Peer("127.0.0.9", 4242))
     await box.close()
-    lines = [line for line in dovecot.log().splitlines() if "Login: user=<alice>" in line and "rip=127.0.0.9" in line]
+    for _ in range(250):  # Dovecot's log process writes the line when it can
+        lines = [line for line in dovecot.log().splitlines()
+                 if "Login: user=<alice>" in line and "rip=127.0.0.9" in line]
+        if lines:
+            break
+        await asyncio.sleep(0.02)
     assert lines, "Dovecot did not log the forwarded client address"
 
 
@@ -298,12 +303,13 @@ async def test_backend_killed_mid_fetch(dovecot):
     try:
         box = await s.login("carol", USERS["carol"], PEER)
         [ref] = await box.select("INBOX")
-        got = 0
+        got, killed = 0, False
         with pytest.raises(StoreError):
             async for piece in box.fetch(ref):
                 got += len(piece)
-                if got > 200_000:
+                if got > 200_000 and not killed:  # what already arrived may still come through
                     assert dovecot.kill_sessions("carol") == 1
+                    killed = True
         assert got < ref.size
         await box.close()
     finally:
@@ -398,7 +404,7 @@ async def test_backend_socket_sends_without_delay(dovecot, tls):
     try:
         box = await s.login("alice", USERS["alice"], fresh_peer())
         assert box is not None
-        sock = box.conn._imap.sock
+        sock = box.conn.sock
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         await box.close()
     finally:

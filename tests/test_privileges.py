@@ -105,6 +105,27 @@ def test_serve_binds_as_root_then_runs_as_nobody(venv, shared_env):
     assert "running as user=nobody" in err
 
 
+def test_user_add_as_root_leaves_the_users_file_to_the_serving_user(venv, shared_env):
+    port = privileged_port()
+    shared_env.server["user"] = None  # unset: serve as root becomes nobody
+    give_to_nobody(shared_env.root)
+    cfg = shared_env.write_config(f"127.0.0.1:{port}")
+    added = subprocess.run([str(BIN / "pop2gate"), "user", "add", "-c", str(cfg), "bob"], input="bob pw\n",
+                           capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    st = shared_env.users_file.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (NOBODY.pw_uid, NOBODY.pw_gid, 0o600)
+    proc = subprocess.Popen([str(venv), "serve", "-c", str(cfg)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(port, proc)  # it started as nobody: the rewritten file is readable
+        with Client.connect("127.0.0.1", port, timeout=10) as client:
+            assert client.helo("bob", "bob pw") == 0
+            client.quit()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
 def test_inetd_mode_drops_before_serving(venv, shared_env):
     shared_env.server["user"] = "nobody"
     shared_env.deliver("alice", b"x\n")

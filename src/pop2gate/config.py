@@ -214,8 +214,10 @@ class Limits(_Model):
     max_connections: int = Field(
         200, gt=0,
         description="Sessions served at once by one process. When a new connection would pass it, the oldest "
-                    "session that has not logged in gives way (one waiting out a failed login's delay first, then "
-                    "one that has not sent HELO, then one whose login is under way) and gets `- Too many "
+                    "session that has not logged in gives way (one waiting out a failed login's delay first; then "
+                    "one waiting for HELO from an address that failed a login recently; then one that has sent "
+                    "nothing for `greeting_grace`; then the oldest whose HELO has arrived or that is newer than "
+                    "that; then one whose login is under way) and gets `- Too many "
                     "connections, try again later`; a logged-in session never does. When every slot is logged "
                     "in, the new connection gets that reply and is closed. At start the open-file limit is raised "
                     "to about twice this (plus 64), or the server refuses to start naming this key.")
@@ -225,13 +227,18 @@ class Limits(_Model):
     max_prelogin_connections: int = Field(
         100, gt=0, description="Sessions that have not logged in, at once; past it, the oldest of them gives way "
                                "as above. Idle or failing clients cannot hold the slots real users need.")
+    greeting_grace: float = Field(
+        2, ge=0, description="Time after connecting in which a client that has sent nothing yet does not count "
+                             "as idle when a session must give way: time to read the greeting and send HELO. "
+                             "Past it, such a client gives way before any whose HELO has arrived.")
     max_sessions_per_user: int = Field(
         10, gt=0, description="Logged-in sessions of one user (per backend) at once; past it the new login gets "
                               "`- Too many sessions for this user, try again later`.")
     max_logins_per_address: int = Field(
         2, gt=0, description="Logins one client address (IPv6: its `ipv6_prefix` network) has under way at once; "
-                             "more wait their turn before the password is checked, so a flood of failing logins "
-                             "from a few addresses cannot queue ahead of everyone else's.")
+                             "more wait their turn before the password is checked. Addresses that failed a login "
+                             "within `login_failure_window` have one login under way at a time between them, so a "
+                             "flood of failing logins cannot queue ahead of everyone else's password check.")
     listen_backlog: int = Field(
         1024, ge=1, le=65535,
         description="Connections the kernel queues for each listener before pop2gate accepts them (capped by "
@@ -277,13 +284,15 @@ class Limits(_Model):
                                "command).")
     imap_fetch_chunk: int = Field(
         1024 * 1024, ge=4096, le=64 * 1024 * 1024,
-        description="IMAP backends: octets per partial fetch; messages up to this size are fetched whole. The "
-                    "most one session holds of a message at a time.")
+        description="IMAP backends: octets per partial fetch of a message that was not read ahead; a larger "
+                    "message takes several, each sent before the one before has been written to the client, and "
+                    "is written to the client as it arrives. Also the largest literal an IMAP response may carry "
+                    "otherwise (read-ahead bodies).")
     imap_fetch_memory: int = Field(
         64 * 1024 * 1024, ge=4096,
         description="IMAP backends: octets of message data all sessions of all IMAP backends together may be "
-                    "reading from the backends at once; a session waits for room before each fetch. At least "
-                    "`imap_fetch_chunk`.")
+                    "reading from the backends at once; a session waits for room before each read of a message "
+                    "from the server (256 KiB at most). At least `imap_fetch_chunk`.")
     imap_readahead: int = Field(
         256 * 1024, ge=0, le=64 * 1024 * 1024,
         description="IMAP backends: octets of small messages a session reads ahead in one `UID FETCH` (0: off). "
@@ -301,17 +310,27 @@ class Limits(_Model):
                     "was read; never a wrong count, never anything lost. See [imap.md](imap.md).")
     imap_budget_timeout: float = Field(
         30, gt=0, description="IMAP backends: time a session waits for room in `imap_fetch_memory` before a "
-                              "fetch. Past it the RETR fails like any backend failure (the connection closes "
+                              "read. Past it the RETR fails like any backend failure (the connection closes "
                               "mid-data, nothing is deleted) and the log says so.")
-    imap_max_workers: int = Field(
-        64, ge=2, le=4096,
-        description="IMAP backends: threads per backend running IMAP commands. A session uses one only while a "
-                    "command runs, so many idle sessions share few threads. Logins may use at most half of them, "
-                    "so sessions already logged in can always finish even when the backend makes logins wait.")
+    imap_max_logins: int = Field(
+        32, ge=1, le=4096,
+        description="IMAP backends: logins (connect, TLS, ID, authenticate) under way at once to one backend; "
+                    "more wait their turn. A backend that makes logins wait (its login processes, its penalty "
+                    "for failures) then holds at most this many of its connections in logins. Replaces "
+                    "`imap_max_workers` (the IMAP client no longer uses threads): a config that sets that key "
+                    "is refused with a message naming this one.")
     expunge_without_uidplus: bool = Field(
         False, description="IMAP backends without UIDPLUS: a plain `EXPUNGE` would also remove messages other "
                            "clients flagged `\\Deleted`, so by default pop2gate only flags its messages and logs "
                            "it; `true` expunges anyway. See [imap.md](imap.md).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: object) -> object:
+        if isinstance(data, dict) and "imap_max_workers" in data:
+            raise ValueError("imap_max_workers is gone: the IMAP client runs no threads; remove it (logins "
+                             "at once per backend: imap_max_logins)")
+        return data
 
     @model_validator(mode="after")
     def _check_imap_memory(self) -> Limits:

@@ -1,9 +1,8 @@
 """The effective configuration as TOML, every default filled in and every secret masked.
 
 A secret is a key whose value gives access to something: a password, a client secret, a
-token. Such a key is declared with `Field(json_schema_extra=SECRET)`, and any key whose
-name is or ends in "password", "passphrase", "secret" or "token" (`client_secret`) is
-treated as one too, whatever its model says. Its value is shown as MASK. Paths to key
+token. A key whose name is or ends in "password", "passphrase", "secret" or "token"
+(`client_secret`) is one, whatever its model says; its value is shown as MASK. Paths to key
 files (`tls_key`) are shown: a path is not the key, and this module never reads a file.
 """
 
@@ -16,15 +15,12 @@ from pydantic import BaseModel
 
 from .config import Config
 
-SECRET: dict[str, Any] = {"secret": True}
 MASK = "********"
 _SECRET_WORDS = {"password", "passphrase", "secret", "token"}
 
 
-def is_secret(model: type[BaseModel], name: str) -> bool:
-    extra = model.model_fields[name].json_schema_extra
-    marked = isinstance(extra, dict) and extra.get("secret") is True
-    return marked or name.lower().rpartition("_")[2] in _SECRET_WORDS
+def is_secret(name: str) -> bool:
+    return name.lower().rpartition("_")[2] in _SECRET_WORDS
 
 
 @dataclass(frozen=True)
@@ -44,7 +40,7 @@ def masked(model: BaseModel) -> dict[str, Any]:
             extra = field.json_schema_extra
             means = extra.get("doc_default") if isinstance(extra, dict) else None
             out[name] = Unset(means if isinstance(means, str) else "")
-        elif is_secret(type(model), name):
+        elif is_secret(name):
             out[name] = MASK
         elif isinstance(value, BaseModel):
             out[name] = masked(value)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import getpass
 import os
 import signal
-import stat
 import sys
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -21,6 +20,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from .files import check_secret
+
 PASSWORD_ENV = "POP2_PASSWORD"  # noqa: S105 - the name of the variable, not a password
 
 
@@ -35,10 +36,10 @@ def read_password(password_file: Path | None, prompt: str) -> str:
     if password_file is not None:
         try:
             with open(password_file, encoding="utf-8") as f:
-                mode = os.fstat(f.fileno()).st_mode
-                if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                    raise PasswordError(f"{password_file} is open to group or others "
-                                        f"(mode {stat.S_IMODE(mode):04o}): chmod 600 it")
+                try:
+                    check_secret(password_file, os.fstat(f.fileno()))  # the file read, not its name again
+                except ValueError as err:
+                    raise PasswordError(str(err)) from None
                 line = f.readline()
         except (OSError, UnicodeDecodeError) as err:
             raise PasswordError(f"cannot read {password_file}: {getattr(err, 'strerror', None) or err}") from err

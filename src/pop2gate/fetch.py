@@ -130,7 +130,8 @@ def sizes(client: Client, count: int, limit: int | None = None,
 
 def copy(client: Client, messages: list[tuple[int, int]], writer: Writer, delete: bool,
          progress: Progress | None = None, stop: Callable[[], bool] = lambda: False) -> Summary:
-    """Each message: READ, RETR into the writer, commit, then ACKD (`delete`) or ACKS.
+    """Each message: READ (unless the last ACK announced it), RETR into the writer, commit,
+    then ACKD (`delete`) or ACKS, whose `=c` is the next message's length (RFC 937).
 
     `stop()` is asked before each message (after the first Ctrl-C). Any failure raises
     FetchError with nothing of the current message written; the caller must then close
@@ -139,19 +140,23 @@ def copy(client: Client, messages: list[tuple[int, int]], writer: Writer, delete
     progress = progress or NoProgress()
     summary = Summary()
     progress.start(len(messages), sum(size for _, size in messages))
+    current: tuple[int, int] | None = None  # (n, =c) the server announced for its current message
     for n, _ in messages:
         if stop():
             summary.stopped = True
             break
-        try:
-            announced = client.read(n)
-        except (ProtocolError, OSError) as err:
-            raise FetchError(_network(err, f"at message {n}")) from err
+        if current is not None and current[0] == n:
+            announced = current[1]
+        else:
+            try:
+                announced = client.read(n)
+            except (ProtocolError, OSError) as err:
+                raise FetchError(_network(err, f"at message {n}")) from err
         if not announced:
             continue  # gone since the sizes were read
         _retrieve(client, n, announced, writer, progress)
         try:
-            client.ackd() if delete else client.acks()
+            current = (n + 1, client.ackd() if delete else client.acks())
         except (ProtocolError, OSError) as err:
             raise FetchError(_network(err, f"after message {n} (it is saved)")) from err
         summary.saved += 1
@@ -174,23 +179,25 @@ class _Counted:
 
 
 def _retrieve(client: Client, n: int, announced: int, writer: Writer, progress: Progress) -> None:
-    """RETR message `n` into the writer and commit it; nothing stays on any failure."""
+    """RETR message `n` into the writer and commit it; nothing stays on any failure.
+
+    The client's protocol core ends the data at the announced length (a shorter message is
+    a lost connection), so only more than announced is left to check: octets after it."""
     pending = writer.begin()
     try:
-        got = client.retr_to(_Counted(pending, writer.where, progress))
-        if got != announced or client.unsolicited():
-            raise FetchError(f"message {n}: the server announced {announced} octets and sent "
-                             f"{'more' if got == announced else got}: nothing written, nothing deleted")
-        pending.commit()
+        try:
+            client.retr_to(_Counted(pending, writer.where, progress))
+            if client.unsolicited():
+                raise FetchError(f"message {n}: the server announced {announced} octets and sent more: "
+                                 "nothing written, nothing deleted")
+        except BaseException:
+            pending.discard()
+            raise
+        pending.commit()  # a commit that fails has left nothing (mailfiles.Pending)
     except WriteError as err:
-        pending.discard()
         raise FetchError(f"{err}: message {n} left on the server") from err
     except (ProtocolError, OSError) as err:
-        pending.discard()
         raise FetchError(_network(err, f"during message {n}") + ": nothing written for it, nothing deleted") from err
-    except BaseException:
-        pending.discard()
-        raise
 
 
 def _network(err: BaseException, when: str) -> str:

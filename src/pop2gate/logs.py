@@ -50,15 +50,12 @@ class TextFormatter(logging.Formatter):
     """`[TIME ]LEVEL logger: [session=ID ]message`; no time where the log's reader adds one."""
 
     def __init__(self, timestamps: bool) -> None:
-        super().__init__(("%(asctime)s " if timestamps else "") + "%(levelname)s %(name)s: %(message)s")
+        super().__init__(("%(asctime)s " if timestamps else "") + "%(levelname)s %(name)s: %(session_tag)s%(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
-        line = super().formatMessage(record)
         sid = getattr(record, "session", "")
-        if sid:
-            head, sep, message = line.partition(f"{record.name}: ")
-            line = f"{head}{sep}session={sid} {message}"
-        return line
+        record.session_tag = f"session={sid} " if sid else ""  # put in its place, not searched for
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):

@@ -25,6 +25,7 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol
 
+from .files import fsync_dir
 from .stores.maildir import make_maildir
 
 SPOOL_MEMORY = 8 * 1024 * 1024  # a message held for mbox or stdout stays in memory up to this size
@@ -68,14 +69,6 @@ def disk_errors(what: object) -> Iterator[None]:
         raise WriteError(f"cannot write {what}: {err.strerror or err}") from err
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _spool() -> IO[bytes]:
     return tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115 - closed by the Pending
 
@@ -99,8 +92,8 @@ class _MaildirPending:
                 self.file.close()
             with disk_errors(new):
                 os.rename(self._tmp, new)
-                _fsync_dir(self._dir / "new")
-        except WriteError:
+                fsync_dir(self._dir / "new")
+        except BaseException:  # a disk error, or Ctrl-C: nothing stays in tmp/
             self.discard()
             raise
         return f"new/{self._name}"
@@ -121,7 +114,7 @@ class MaildirWriter:
             make_maildir(path)
             if created:  # the new directories themselves survive a crash
                 for d in (path, path.parent):
-                    _fsync_dir(d)
+                    fsync_dir(d)
         self._host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
         self._n = 0
 
@@ -250,7 +243,7 @@ class MboxWriter:
         with disk_errors(path):
             if not path.exists():
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             elif not path.is_file():
                 raise WriteError(f"cannot write {path}: not a regular file")
 

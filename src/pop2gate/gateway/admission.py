@@ -2,11 +2,15 @@
 
 Two caps: all sessions (`max_connections`) and sessions that have not logged in
 (`max_prelogin_connections`). When a new connection would pass either, the oldest session
-that can give way does: first one waiting out a failed login's delay, then one that has not
-sent HELO, then one whose login is under way. A logged-in session never gives way. A user's
-logged-in sessions are capped (`max_sessions_per_user`), and so are the logins one address
-has under way at once (`max_logins_per_address`), so a flood of failing logins from a few
-addresses cannot queue ahead of everyone else's.
+that can give way does: first one waiting out a failed login's delay; then one waiting for HELO:
+one from an address that failed a login recently, else one idle (nothing sent for
+`greeting_grace` after connecting), else the oldest of the rest (its HELO has arrived, or it
+has not had the time to send it); a login under way last. A logged-in session never gives
+way. A user's logged-in sessions are capped (`max_sessions_per_user`), and so are the logins
+one address has under way at once (`max_logins_per_address`); the addresses that failed a
+login recently have one login under way at a time between them, so a flood of failing logins
+from many addresses cannot queue ahead of a real user's password check, nor take more than
+one password-check worker.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import asyncio
 import contextlib
 import enum
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 
 from ..config import Limits
 
@@ -27,16 +31,32 @@ class Stage(enum.Enum):
     IN = "in"  # logged in
 
 
-# who gives way, in this order; a login under way last (a store's login survives its
-# session's end without leaving a backend connection open)
-_SHEDDABLE = (Stage.DELAY, Stage.GREETED, Stage.LOGIN)
+_FAILING_ADDRESSES = object()  # the one login turn that addresses with a recent failure share
+
+# What a session waiting for HELO has at stake, least first.
+FAILING = 0  # its address failed a login recently
+IDLE = 1  # its client has sent nothing for `greeting_grace` since it connected
+WAITING = 2  # its HELO has arrived (unread, or waiting its turn), or it is new
+
+
+def _never(_: Hashable) -> bool:
+    return False
 
 
 class Admission:
-    """Session slots; within each stage, in the order sessions entered it. O(1) per call."""
+    """Session slots; within each stage, in the order sessions entered it.
 
-    def __init__(self, limits: Limits) -> None:
+    `rank(session)` says what a session waiting for HELO has at stake (the I/O edge knows):
+    FAILING, IDLE or WAITING; the lowest gives way first, the oldest first within a rank.
+    `failing(address)` says whether an address failed a login recently (the throttle knows).
+    A call looks at most once at each session waiting for HELO; the rest is O(1).
+    """
+
+    def __init__(self, limits: Limits, rank: Callable[[Hashable], int] = lambda _: WAITING,
+                 failing: Callable[[Hashable], bool] = _never) -> None:
         self.limits = limits
+        self.rank = rank
+        self.failing = failing
         self._stage: dict[Hashable, Stage] = {}
         self._by_stage: dict[Stage, OrderedDict[Hashable, None]] = {s: OrderedDict() for s in Stage}
         self._users: dict[Hashable, Hashable] = {}  # logged-in session -> its user
@@ -67,10 +87,21 @@ class Admission:
         return victims
 
     def _oldest_sheddable(self) -> Hashable | None:
-        for stage in _SHEDDABLE:
-            if self._by_stage[stage]:
-                return next(iter(self._by_stage[stage]))
-        return None
+        """A failed login's delay first; then one waiting for HELO, the oldest of the lowest
+        rank; a login under way last (a store's login survives its session's end without
+        leaving a backend connection open)."""
+        if self._by_stage[Stage.DELAY]:
+            return next(iter(self._by_stage[Stage.DELAY]))
+        best: tuple[int, Hashable] | None = None
+        for session in self._by_stage[Stage.GREETED]:
+            rank = self.rank(session)
+            if rank == FAILING:
+                return session
+            if best is None or rank < best[0]:
+                best = (rank, session)
+        if best is not None:
+            return best[1]
+        return next(iter(self._by_stage[Stage.LOGIN]), None)
 
     def _move(self, session: Hashable, stage: Stage) -> None:
         old = self._stage.get(session)
@@ -107,8 +138,12 @@ class Admission:
 
     @contextlib.asynccontextmanager
     async def login_turn(self, address: Hashable) -> AsyncIterator[None]:
-        """Wait until `address` has fewer than `max_logins_per_address` logins under way."""
-        turns, users = self._turns.get(address) or (asyncio.Semaphore(self.limits.max_logins_per_address), 0)
+        """Wait until `address` has fewer than `max_logins_per_address` logins under way; an
+        address that failed a login recently waits until no such address has one under way."""
+        allowance = self.limits.max_logins_per_address
+        if self.failing(address):
+            address, allowance = _FAILING_ADDRESSES, 1
+        turns, users = self._turns.get(address) or (asyncio.Semaphore(allowance), 0)
         self._turns[address] = (turns, users + 1)
         try:
             async with turns:

@@ -8,23 +8,26 @@ import contextlib
 import functools
 import logging
 import os
+import select
 import signal
 import socket
 import ssl
 import stat
 import sys
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, get_args
 
 from ..config import Config, ConfigError, ListenKey, ServerSettings
 from ..logs import begin_session, prepare_reload
 from ..metrics import Exporter, Metrics
+from ..pop2.server import State
 from ..pop2.wire import MAX_LINE, Reason
 from ..routing import Router
 from ..stores import open_stores
 from ..stores.base import MailStore, Peer
 from .activation import ActivationError, inherited_sockets
-from .admission import Admission
+from .admission import FAILING, IDLE, WAITING, Admission
 from .privileges import check_store_access, drop_privileges
 from .proxy import ProxyHeaderError, proxied_peer
 from .resources import AcceptErrors, ensure_open_files
@@ -42,6 +45,21 @@ RESTART_KEYS = {
     "limits": ("listen_backlog", "login_failure_window", "max_tracked_addresses", "max_login_failures_per_second"),
     "metrics": ("listen",),
 }
+
+
+def _talking(session: Session) -> bool:
+    """Whether a session waiting for HELO has heard from its client: a HELO being checked or
+    waiting its turn, or octets in the protocol's buffer, the stream's or the kernel's."""
+    if session.user or session.proto.room < MAX_LINE:
+        return True
+    if getattr(session.reader, "_buffer", b""):  # a StreamReader shows its buffer no other way
+        return True
+    sock = session.writer.get_extra_info("socket")
+    if sock is None:
+        return False
+    poll = select.poll()
+    poll.register(sock.fileno(), select.POLLIN)
+    return bool(poll.poll(0))
 
 
 def _tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
@@ -65,13 +83,27 @@ class Gateway:
         self.stores: dict[str, MailStore] = open_stores(config)
         self.router = Router(config, self.stores)
         self.throttle = Throttle(config.limits)
-        self.admission = Admission(config.limits)
+        self.admission = Admission(config.limits, rank=self._rank, failing=self._failing)
         self.sessions: set[asyncio.Task[None]] = set()
+        self._tasks: dict[Session, tuple[asyncio.Task[None], float]] = {}  # -> (its task, connected at)
+        self._shed: set[asyncio.Task[None]] = set()  # sessions told to give way
         self._stores_of: dict[asyncio.Task[None], dict[str, MailStore]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self.metrics = Metrics()
         self.metrics.sessions_active.set_function(lambda: len(self.sessions))  # read at each scrape
         self.exporter: Exporter | None = None  # `[metrics] listen`, started with the listeners
+
+    def _failing(self, address: Hashable) -> bool:
+        return self.throttle.penalized(str(address))
+
+    def _rank(self, session: Hashable) -> int:
+        """What a session waiting for HELO has at stake (admission.FAILING, IDLE, WAITING)."""
+        assert isinstance(session, Session)
+        if self.throttle.penalized(session.peer.host):
+            return FAILING
+        _, since = self._tasks[session]
+        new = time.monotonic() - since < self.config.limits.greeting_grace
+        return WAITING if new or _talking(session) else IDLE
 
     @property
     def active(self) -> int:
@@ -114,6 +146,24 @@ class Gateway:
             await asyncio.wait_for(writer.drain(), 5)
         writer.close()
 
+    def _give_way(self, victim: Session) -> None:
+        """Make room: `victim`, not logged in, gets `- Too many connections` and ends. A client
+        that has sent nothing is closed at once; one that has is not: ending, its session sends
+        FIN and reads what the client still sends, briefly (`close_linger`), so input it never
+        read cannot turn the close into a reset that destroys the reply."""
+        task, _ = self._tasks[victim]
+        if victim.proto.state is State.DONE or victim.writer.transport.is_closing():
+            return  # already ending with its own last reply: its slot is free now
+        try:
+            victim.writer.write(victim.proto.send_error(Reason.TOO_MANY))
+        except RuntimeError:
+            return  # its close has begun (FIN sent): it ends on its own
+        self.metrics.refused.labels("shed").inc()
+        if not _talking(victim):
+            victim.writer.close()  # nothing to read: no lingering task for each idle client shed
+        self._shed.add(task)
+        task.cancel()
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
         config, router, stores = self.config, self.router, self.stores
         limits = config.limits
@@ -124,23 +174,32 @@ class Gateway:
         task = asyncio.current_task()
         assert task is not None  # handle always runs as a task of its own
         self._stores_of[task] = stores
+        session: Session | None = None
         try:
             session = Session(reader, writer, peer, config, router, self.throttle, self.admission, self.metrics)
+            self._tasks[session] = (task, time.monotonic())
             victims = self.admission.admit(session)
             if victims is None:
                 return await self._refuse(writer, peer, f"max_connections={limits.max_connections} reached "
                                           "by logged-in sessions", "max_connections")
             for victim in victims:
                 assert isinstance(victim, Session)
-                victim.shed()
+                self._give_way(victim)
             self.sessions.add(task)
             try:
                 await session.run()
             finally:
                 self.admission.leave(session)
-        except asyncio.CancelledError:
-            log.info("session ended by shutdown peer=%s:%s", peer.host, peer.port)
+                writer.close()  # a no-op unless cancelled before the session closed it
+        except asyncio.CancelledError:  # logged here: this task's lines carry its session id
+            if task in self._shed and session is not None:
+                log.warning("shed %s: the server is full; the oldest session not logged in gives way", session.tag)
+            else:
+                log.info("session ended by shutdown peer=%s:%s", peer.host, peer.port)
         finally:
+            if session is not None:
+                del self._tasks[session]
+            self._shed.discard(task)
             self.throttle.release(peer.host)
             self.sessions.discard(task)
             del self._stores_of[task]

@@ -24,7 +24,7 @@ log = logging.getLogger("pop2gate.privileges")
 
 DEFAULT_USER = "nobody"
 # idna and punycode: host names (socket.getaddrinfo, ssl's server_hostname); utf-16-be:
-# modified UTF-7 folder names (stores.folders); the rest: imaplib's and the stores' text.
+# modified UTF-7 folder names (stores.folders); the rest: the IMAP client's and the stores' text.
 PRELOAD_CODECS = ("idna", "punycode", "utf-16-be", "ascii", "latin-1", "utf-8")
 _ACCESS_WORDS = ((os.R_OK, "readable"), (os.W_OK, "writable"), (os.X_OK, "searchable"))
 
@@ -70,32 +70,37 @@ def become(user: str | None, group: str | None = None) -> None:
         if euid != 0:
             return
         user = DEFAULT_USER
-    try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
-        raise PrivilegeError(f"server.user: no such user {user!r}") from None
-    try:
-        gid = grp.getgrnam(group).gr_gid if group else pw.pw_gid
-    except KeyError:
-        raise PrivilegeError(f"server.group: no such group {group!r}") from None
+    uid, gid = _ids(user, group)
     if euid != 0:
-        if euid != pw.pw_uid:
+        if euid != uid:
             raise PrivilegeError(f"cannot become {user!r}: not running as root")
         return
-    if pw.pw_uid == 0:
+    if uid == 0:
         log.warning("running as root (server.user = %r): sessions keep every privilege; "
                     "leave server.user unset to serve as %s", user, DEFAULT_USER)
         return
     os.setgroups([gid])
     os.setresgid(gid, gid, gid)
-    os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)
+    os.setresuid(uid, uid, uid)
     try:
         os.setuid(0)
     except PermissionError:
         pass
     else:
         raise PrivilegeError("root could be regained after dropping privileges")
-    log.info("running as user=%s uid=%d gid=%d", user, pw.pw_uid, gid)
+    log.info("running as user=%s uid=%d gid=%d", user, uid, gid)
+
+
+def _ids(user: str, group: str | None) -> tuple[int, int]:
+    """(uid, gid) of `user` and `group` (default: the user's primary group)."""
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise PrivilegeError(f"server.user: no such user {user!r}") from None
+    try:
+        return pw.pw_uid, grp.getgrnam(group).gr_gid if group else pw.pw_gid
+    except KeyError:
+        raise PrivilegeError(f"server.group: no such group {group!r}") from None
 
 
 def serving_ids(config: Config) -> tuple[int, int] | None:
@@ -103,12 +108,7 @@ def serving_ids(config: Config) -> tuple[int, int] | None:
     writes as root; None when not root (such files stay the caller's)."""
     if os.geteuid() != 0:
         return None
-    try:
-        pw = pwd.getpwnam(config.server.user or DEFAULT_USER)
-        gid = grp.getgrnam(config.server.group).gr_gid if config.server.group else pw.pw_gid
-    except KeyError as err:
-        raise PrivilegeError(f"server.user or server.group: no such account {err}") from None
-    return pw.pw_uid, gid
+    return _ids(config.server.user or DEFAULT_USER, config.server.group)
 
 
 def check_store_access(config: Config) -> None:

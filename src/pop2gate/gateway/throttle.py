@@ -63,6 +63,11 @@ class _Failures(Generic[K]):
             self._entries.popitem(last=False)
         return entry
 
+    def recent(self, key: K, now: float) -> bool:
+        """Whether `key` has a failure within the window."""
+        entry = self._entries.get(key)
+        return entry is not None and self._recent(entry, now)
+
     def pop(self, key: K, now: float) -> _Entry | None:
         entry = self._entries.pop(key, None)
         return entry if entry is not None and self._recent(entry, now) else None
@@ -136,6 +141,10 @@ class Throttle:
             return cap
         delay: float = self.limits.bad_login_delay * 2 ** min(count - 1, 16)
         return min(delay, cap)
+
+    def penalized(self, address: str) -> bool:
+        """Whether `address` (a host, or its `address_key`) has failed a login recently."""
+        return self._addresses.recent(self.address_key(address), self.clock())
 
     def succeeded(self, host: str, user: str) -> None:
         """Forget `user`'s recent failures from `host`, and only those."""

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .. import files
 from .sasl import Mechanism
 
 
@@ -156,13 +157,13 @@ def check_secret_file(path: Path) -> None:
     """A secret file must be a regular file closed to group and others (mode 0600 or 0400)."""
     try:
         st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        files.check_secret(path, st)
     except OSError as err:
         raise ValueError(f"client_secret_file {str(path)!r}: {err.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"client_secret_file {str(path)!r} is not a regular file")
-    if st.st_mode & 0o077:
-        raise ValueError(f"client_secret_file {str(path)!r} has mode {stat.S_IMODE(st.st_mode):04o}; "
-                         "it must be 0600 (chmod 600)")
+    except ValueError as err:
+        raise ValueError(f"client_secret_file: {err}") from None
 
 
 def needed_access(settings: OAuth2Settings) -> dict[str, tuple[Path, int]]:

@@ -9,12 +9,10 @@ The file's name, user and IMAP login are bound to the sealed token as associated
 from __future__ import annotations
 
 import base64
-import contextlib
 import fcntl
 import json
 import os
 import secrets
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .. import files
 from ..passwords import check_password, hash_password, octets, valid_user_name
 
 FORMAT = "pop2gate-oauth2 1"
@@ -170,20 +169,7 @@ def lock(tokens_dir: Path, user: str) -> int:
 def write(tokens_dir: Path, tf: TokenFile, owner: tuple[int, int] | None = None) -> Path:
     """Replace the user's file atomically, mode 0600 (owned by `owner`, uid and gid, when given)."""
     path = tokens_dir / tf.user
-    fd, tmp = tempfile.mkstemp(prefix=f".{tf.user}-", dir=tokens_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(tf.dumps())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        if owner is not None:
-            os.chown(tmp, *owner)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    files.replace(path, tf.dumps(), owner)
     return path
 
 

@@ -1,8 +1,9 @@
 """The IMAP store: a user's IMAP mailbox served over POP2 (docs/imap.md).
 
 `config` the `[[backend]] type = "imap"` settings, `store` the asynchronous store the
-sessions use, `conn` one blocking imaplib connection, `wire` IMAP quoting and FETCH
-responses, `budget` the cap on message octets in memory.
+sessions use, `conn` one asyncio IMAP connection (pipelined), `parser` the server's
+responses (sans I/O), `wire` IMAP quoting and FETCH items, `budget` the cap on message
+octets in memory.
 """
 
 from .budget import ByteBudget

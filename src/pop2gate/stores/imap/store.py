@@ -1,11 +1,11 @@
 """The IMAP store: a user's IMAP mailbox served over POP2.
 
-Blocking imaplib calls (`conn`) run in a thread pool the store owns, one IMAP
-connection per POP2 session. Messages are IMAP UIDs; bodies are read with
-BODY.PEEK[] (never marking them seen) in pieces of `imap_fetch_chunk`; the bytes
-being read from the backends across all sessions are capped by `imap_fetch_memory`
-(`budget`). A piece that has arrived leaves the budget before the session writes it,
-so a client that stops reading holds one piece of its own, never the shared budget.
+One asyncio IMAP connection (`conn`) per POP2 session. Messages are IMAP UIDs; bodies
+are read with BODY.PEEK[] (never marking them seen) in partial fetches of
+`imap_fetch_chunk`, streamed to the session as they arrive; the octets being read from the
+backends across all sessions are capped by `imap_fetch_memory` (`budget`). A piece that
+has arrived leaves the budget before the session writes it, so a client that stops
+reading holds one piece of its own, never the shared budget.
 Small messages are read ahead, many in one UID FETCH (`imap_readahead`); those bodies
 stay in the budget until sent, taken only when there is room at once and never more
 than half of it, so they cannot make a read that a client waits for wait.
@@ -14,10 +14,10 @@ than half of it, so they cannot make a read that a client waits for wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, NoReturn, TypeVar, TypeVarTuple
+from collections.abc import AsyncGenerator, Awaitable, Sequence
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from ...oauth2.sasl import initial_response
 from ...pop2.wire import FOLDER_SEPARATOR
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pop2gate.imap")
 T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
 
 UNAVAILABLE = "Mail server unavailable"
 FAILED = "Mail server error"
@@ -80,6 +79,14 @@ def honours_authzid(server_name: str | None) -> bool:
     return server_name is not None and server_name.lower().startswith(AUTHZID_SERVERS)
 
 
+class _NoRoom(Exception):
+    """No room in `imap_fetch_memory` within `imap_budget_timeout`."""
+
+
+async def _one(data: bytes) -> AsyncGenerator[bytes, None]:
+    yield data
+
+
 class ImapStore:
     """A `[[backend]] type = "imap"`: checks HELO credentials against the IMAP server."""
 
@@ -101,18 +108,13 @@ class ImapStore:
             max_literal=limits.imap_fetch_chunk,
         )
         self.budget = budget or ByteBudget(limits.imap_fetch_memory)
-        self._pool = ThreadPoolExecutor(max_workers=limits.imap_max_workers,
-                                        thread_name_prefix=f"imap-{backend.name}")
-        self._login_slots = asyncio.Semaphore(max(1, limits.imap_max_workers // 2))
+        self._login_slots = asyncio.Semaphore(limits.imap_max_logins)
         self.oauth2 = backend.oauth2
         self.tokens: TokenSource | None = None
         if backend.oauth2 is not None:  # httpx and its network layer only where OAuth2 is configured
             from ...oauth2.tokens import TokenSource
 
             self.tokens = TokenSource(backend.name, backend.oauth2, limits.password_hash_workers)
-
-    async def run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def login(self, user: str, password: str, peer: Peer) -> ImapMailbox | None:
         ids = split_master(user)
@@ -126,13 +128,12 @@ class ImapStore:
             sasl = await self._oauth2_login(user, password)
             if sasl is None:
                 return None
-        # Logins may wait on the backend (its login processes, its penalty for
-        # failures); they get at most half the workers, so sessions already
-        # logged in always have threads to finish and free the backend's slots.
+        # Logins may wait on the backend (its login processes, its penalty for failures):
+        # at most `imap_max_logins` at once per backend, so a login storm cannot open more
+        # connections than the backend is ready to take.
         async with self._login_slots:
             try:
-                conn = await self.run(open_session, self.target, (peer.host, peer.port),
-                                      ids[0], ids[1], password, sasl)
+                conn = await open_session(self.target, (peer.host, peer.port), ids[0], ids[1], password, sasl)
             except ConnError as err:
                 log.warning("backend %s: user %r: %s", self.name, user, err)
                 raise StoreError(UNAVAILABLE) from None
@@ -146,7 +147,7 @@ class ImapStore:
             # mailbox, or another one than the log names: refuse what cannot be confirmed.
             log.warning("backend %s: master login %r refused: the server (ID name %r) is not one known "
                         "to open the authorization identity's mailbox", self.name, user, conn.server_name)
-            await self.run(conn.logout)
+            await conn.logout()
             return None
         return ImapMailbox(self, conn, user)
 
@@ -167,7 +168,6 @@ class ImapStore:
                                            self.target.host, self.target.port)
 
     async def aclose(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
         if self.tokens is not None:
             await self.tokens.aclose()
 
@@ -188,19 +188,22 @@ class ImapMailbox:
         self._position: dict[int, int] = {}  # UID -> its place in _order
         self._seen: list[int] = []  # UIDs ACKS marked, their \Seen not yet sent
 
-    async def _call(self, what: str, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+    async def _call(self, what: str, op: Awaitable[T]) -> T:
         try:
-            return await self.store.run(fn, *args)
+            return await op
         except ConnError as err:
-            log.warning("backend %s: user %r: %s failed: %s", self.store.name, self.user, what, err)
-            raise StoreError(FAILED) from None
+            self._failed(what, err)
+
+    def _failed(self, what: str, err: ConnError) -> NoReturn:
+        log.warning("backend %s: user %r: %s failed: %s", self.store.name, self.user, what, err)
+        raise StoreError(FAILED) from None
 
     async def _imap_name(self, folder: str) -> str | None:
         """The IMAP name of a POP2 folder name, None when it cannot exist."""
         if is_inbox(folder):
             return "INBOX"
         if self._layout is None:
-            self._layout = await self._call("NAMESPACE", self.conn.layout)
+            self._layout = await self._call("NAMESPACE", self.conn.layout())
         prefix, delimiter = self._layout
         return imap_name(folder, delimiter, prefix)
 
@@ -210,7 +213,7 @@ class ImapMailbox:
         name = await self._imap_name(folder)
         if name is None:
             return []
-        snap = await self._call("SELECT", self.conn.open_folder, name)
+        snap = await self._call("SELECT", self.conn.open_folder(name))
         if snap is None:
             return []
         self.folder = name
@@ -237,7 +240,7 @@ class ImapMailbox:
         `imap_recheck_interval` ago or longer, or the count could be one from before a removal."""
         interval = self.store.limits.imap_recheck_interval
         if recheck and uid in self.ended and self.conn.check_age() >= interval:
-            await self._call("NOOP", self.conn.noop)
+            await self._call("NOOP", self.conn.noop())
         if uid not in self.ended and uid not in self.conn.gone:
             await self._learn(uid)
         if uid in self.conn.gone:
@@ -250,7 +253,7 @@ class ImapMailbox:
         if size == 0:
             self.ended[uid] = 0
         elif not await self._read_ahead(uid):
-            tail = await self._call("UID FETCH", self.conn.fetch_tail, uid, size)
+            tail = await self._call("UID FETCH", self.conn.fetch_tail(uid, size))
             self._confirm(uid, tail, min(size, 2))
 
     def _confirm(self, uid: int, got: bytes | None, want: int) -> bool:
@@ -288,8 +291,9 @@ class ImapMailbox:
         if not batch or batch[0] != uid or not self.store.budget.try_hold(total):
             return False
         try:
-            await self._flush_seen()
-            bodies = await self._call("UID FETCH", self.conn.fetch_bodies, {n: self.sizes[n] for n in batch})
+            # The \Seen flags noted so far go in the same write.
+            seen, self._seen = self._seen, []
+            bodies = await self._call("UID FETCH", self.conn.fetch_bodies({n: self.sizes[n] for n in batch}, seen=seen))
         except BaseException:
             self.store.budget.unhold(total)
             raise
@@ -332,55 +336,54 @@ class ImapMailbox:
         piece = self.store.limits.retr_chunk_size  # what the session writes at a time
         if body is not None:
             self.store.budget.unhold(len(body))
-            for i in range(0, len(body), piece):
-                out = enc.feed(body[i : i + piece])
-                if out:
-                    yield out
-            del body
-            out = enc.finish()
-            if out:
-                yield out
-            return
-        size = self.sizes[uid]
-        chunk = self.store.limits.imap_fetch_chunk
-        whole = size <= chunk
-        offset, tail = 0, b""
-        while offset < size:
-            data = await self._read(uid, None if whole else offset, size if whole else chunk)
-            if not data or offset + len(data) > size:
-                self._mismatch(uid, size, offset, data)
-            if (whole or len(data) < chunk) and offset + len(data) != size:
-                self._mismatch(uid, size, offset, data)
-            tail = (tail + data[-2:])[-2:]
-            offset += len(data)
-            for i in range(0, len(data), piece):
-                out = enc.feed(data[i : i + piece])
-                if out:
-                    yield out
-            del data
-        if ended_size(offset, tail) != ended:
+            parts: AsyncGenerator[bytes, None] = _one(body)
+        else:
+            assert uid is not None
+            parts = self._stream(uid)
+        size, offset, tail = len(body) if body is not None else self.sizes[uid], 0, b""
+        async with contextlib.aclosing(parts):
+            async for data in parts:
+                if offset + len(data) > size:
+                    self._mismatch(uid, size, offset, data)
+                tail = (tail + data[-2:])[-2:]
+                offset += len(data)
+                for i in range(0, len(data), piece):
+                    out = enc.feed(data[i : i + piece])
+                    if out:
+                        yield out
+                del data
+        del body
+        if offset != size:
+            self._mismatch(uid, size, offset, b"")
+        if ended and ended_size(offset, tail) != ended:
             self._mismatch(uid, ended, offset, b"")
         out = enc.finish()
         if out:
             yield out
 
-    async def _read(self, uid: int, offset: int | None, length: int) -> bytes | None:
-        """One fetch of `uid` (whole when `offset` is None), counted in the shared budget
-        only while it is being read from the backend."""
+    async def _stream(self, uid: int) -> AsyncGenerator[bytes, None]:
+        """The message from the server, in pieces as they arrive; each read from the server is
+        counted in the shared budget while it is being read, never while the session has it."""
         budget, limits = self.store.budget, self.store.limits
+
+        async def acquire(n: int) -> None:
+            try:
+                await budget.acquire(n, limits.imap_budget_timeout)
+            except TimeoutError:
+                raise _NoRoom(n) from None
+
+        stream = self.conn.stream(uid, self.sizes[uid], limits.imap_fetch_chunk, acquire, budget.release)
         try:
-            await budget.acquire(length, limits.imap_budget_timeout)
-        except TimeoutError:
+            async with contextlib.aclosing(stream):
+                async for data in stream:
+                    yield data
+        except ConnError as err:
+            self._failed("UID FETCH", err)
+        except _NoRoom as err:
             log.warning("backend %s: user %r: UID %d: no room in imap_fetch_memory (%d octets) "
                         "for %d octets within imap_budget_timeout (%gs)", self.store.name, self.user,
-                        uid, budget.limit, length, limits.imap_budget_timeout)
+                        uid, budget.limit, err.args[0], limits.imap_budget_timeout)
             raise StoreError(NO_MEMORY) from None
-        try:
-            if offset is None:
-                return await self._call("UID FETCH", self.conn.fetch_body, uid)
-            return await self._call("UID FETCH", self.conn.fetch_body, uid, offset, length)
-        finally:
-            budget.release(length)
 
     def _mismatch(self, uid: int, expected: int, offset: int, data: bytes | None) -> NoReturn:
         got = "nothing (message gone)" if data is None else f"{offset + len(data)} octets so far"
@@ -402,7 +405,7 @@ class ImapMailbox:
     async def _flush_seen(self) -> None:
         if self._seen:
             uids, self._seen = self._seen, []
-            await self._call("UID STORE", self.conn.add_flag, uids, "\\Seen")
+            await self._call("UID STORE", self.conn.add_flag(uids, "\\Seen"))
 
     async def release(self, deleted: Sequence[MessageRef]) -> None:
         uids = sorted({u for u in (self._uid(m) for m in deleted) if u is not None})
@@ -415,13 +418,13 @@ class ImapMailbox:
             log.warning("backend %s: user %r: %s is read-only; %d deletions not applied",
                         self.store.name, self.user, folder, len(uids))
             raise StoreError("Folder is read-only")
-        await self._call("UID STORE", self.conn.add_flag, uids, "\\Deleted")
+        await self._call("UID STORE", self.conn.add_flag(uids, "\\Deleted"))
         if "UIDPLUS" in self.conn.capabilities:
-            await self._call("UID EXPUNGE", self.conn.uid_expunge, uids)
+            await self._call("UID EXPUNGE", self.conn.uid_expunge(uids))
         elif self.store.limits.expunge_without_uidplus:
             log.info("backend %s: user %r: no UIDPLUS; plain EXPUNGE in %s",
                      self.store.name, self.user, folder)
-            await self._call("EXPUNGE", self.conn.expunge_all)
+            await self._call("EXPUNGE", self.conn.expunge_all())
         else:
             log.warning("backend %s: user %r: no UIDPLUS; %d messages in %s flagged \\Deleted, not expunged",
                         self.store.name, self.user, len(uids), folder)
@@ -432,10 +435,7 @@ class ImapMailbox:
     async def close(self) -> None:
         try:
             await self._flush_seen()  # ACKS counts however the session ends
-        except (StoreError, RuntimeError):
-            pass  # logged, or the pool is shut down: the connection is gone either way
+        except StoreError:
+            pass  # logged: the connection is gone either way
         self._reset()
-        try:
-            await self.store.run(self.conn.logout)
-        except RuntimeError:
-            self.conn.abort()  # the pool is already shut down
+        await self.conn.logout()

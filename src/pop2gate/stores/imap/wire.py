@@ -51,20 +51,28 @@ class ParseError(ValueError):
     """The server sent a FETCH response we cannot read."""
 
 
-FetchPiece: TypeAlias = "bytes | tuple[bytes, bytes]"
-"""What imaplib keeps of a FETCH response: a text line, or the text before a literal with the literal."""
-
 FetchValue: TypeAlias = "bytes | str | None | list[FetchValue]"
 """One FETCH item's value: strings and literals are bytes, atoms and numbers str, NIL None."""
 
 
-class _Lit:
-    """A literal's octets, kept apart from the response text."""
+class Literal:
+    """A literal's octets, kept apart from the response text (`streamed`: handed on in pieces
+    as they came, so `data` is empty)."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "streamed")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, streamed: bool = False) -> None:
         self.data = data
+        self.streamed = streamed
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Literal) and (self.data, self.streamed) == (other.data, other.streamed)
+
+    def __hash__(self) -> int:
+        return hash(self.data)
+
+    def __repr__(self) -> str:
+        return f"Literal({len(self.data)} octets{', streamed' if self.streamed else ''})"
 
 
 class _Atom(str):
@@ -78,41 +86,14 @@ class _Paren(enum.Enum):
     CLOSE = ")"
 
 
-_Part: TypeAlias = "bytes | _Lit"
+Part: TypeAlias = "bytes | Literal"
+"""A piece of one response: its text between literals, or a literal."""
 _Lexeme: TypeAlias = "bytes | _Atom | _Paren"
 
 
-def group_responses(items: Iterable[FetchPiece | None]) -> list[list[_Part]]:
-    """Join imaplib's FETCH pieces into one part list per response.
-
-    imaplib gives `(text, literal)` tuples and text lines; a piece whose text
-    does not start with a digit continues the previous response.
-    """
-    responses: list[list[_Part]] = []
-    for item in items:
-        if item is None:
-            continue
-        text, lit = (item[0], item[1]) if isinstance(item, tuple) else (item, None)
-        if not isinstance(text, bytes):
-            raise ParseError("unexpected response piece")
-        if text[:1].isdigit() or not responses:
-            responses.append([])
-        parts = responses[-1]
-        if lit is None:
-            parts.append(text)
-        else:
-            # The text before a literal ends with its `{n}` marker.
-            marker = text.rfind(b"{")
-            if marker < 0:
-                raise ParseError("literal without its {n} marker")
-            parts.append(text[:marker])
-            parts.append(_Lit(lit))
-    return responses
-
-
-def _tokens(parts: list[_Part]) -> Iterator[_Lexeme]:
+def _tokens(parts: Iterable[Part]) -> Iterator[_Lexeme]:
     for part in parts:
-        if isinstance(part, _Lit):
+        if isinstance(part, Literal):
             yield part.data
             continue
         yield from _scan(part)
@@ -174,35 +155,31 @@ def _number(value: FetchValue) -> int | None:
     return None
 
 
-def parse_fetch(parts: list[_Part]) -> tuple[int, dict[str, FetchValue]]:
-    """One FETCH response -> (sequence number, {ITEM: value}).
+def parse_fetch(parts: Iterable[Part]) -> dict[str, FetchValue]:
+    """The item list of one FETCH response (the parts after `* n FETCH`) -> {ITEM: value}.
 
     Item names are upper case; `BODY[]<0>` is reported as `BODY[]`. Strings
     and literals are bytes, NIL is None, lists are lists, atoms are str.
     """
     toks = _nest(_tokens(parts))
-    seq = _number(toks[0]) if toks else None
-    if len(toks) < 2 or seq is None:
-        raise ParseError("not a FETCH response")
-    body = toks[1]
-    if not isinstance(body, list) or len(body) % 2:
+    if len(toks) != 1 or not isinstance(toks[0], list) or len(toks[0]) % 2:
         raise ParseError("bad FETCH item list")
     items: dict[str, FetchValue] = {}
-    for key, value in zip(body[::2], body[1::2], strict=True):
+    for key, value in zip(toks[0][::2], toks[0][1::2], strict=True):
         if not isinstance(key, _Atom):
             raise ParseError("bad FETCH item name")
         name = key.upper()
         if name.startswith("BODY[") and "<" in name:
             name = name[: name.index("<")]
         items[name] = value
-    return seq, items
+    return items
 
 
-def fetch_by_uid(items: Iterable[FetchPiece | None]) -> dict[int, dict[str, FetchValue]]:
-    """All FETCH responses that carry a UID, keyed by UID (later wins)."""
+def fetch_by_uid(responses: Iterable[Iterable[Part]]) -> dict[int, dict[str, FetchValue]]:
+    """The FETCH responses (their item lists) that carry a UID, keyed by UID (later wins)."""
     out: dict[int, dict[str, FetchValue]] = {}
-    for parts in group_responses(items):
-        _, data = parse_fetch(parts)
+    for parts in responses:
+        data = parse_fetch(parts)
         if "UID" not in data:
             continue  # unsolicited, about another message
         uid = _number(data["UID"])

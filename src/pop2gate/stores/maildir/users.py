@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from ... import files
 from ...passwords import check_password, hash_password, valid_user_name
 
 __all__ = ["read_users", "set_password", "valid_user_name", "verify"]
@@ -30,8 +29,9 @@ def verify(users: dict[str, str], name: str, password: str) -> bool:
     return check_password(users.get(name) if valid_user_name(name) else None, password)
 
 
-def set_password(path: Path, name: str, password: str) -> bool:
-    """Create or change a user; returns True when the user is new. Atomic rewrite."""
+def set_password(path: Path, name: str, password: str, owner: tuple[int, int] | None = None) -> bool:
+    """Create or change a user; returns True when the user is new. Atomic, durable rewrite,
+    mode 0600, owned by `owner` (uid, gid) when given."""
     if not valid_user_name(name):
         raise ValueError(f"invalid user name {name!r}: use letters, digits and . _ + @ -")
     if not password:
@@ -40,13 +40,5 @@ def set_password(path: Path, name: str, password: str) -> bool:
     new = name not in users
     users[name] = hash_password(password)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".users-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(f"{n}:{h}\n" for n, h in sorted(users.items()))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    files.replace(path, "".join(f"{n}:{h}\n" for n, h in sorted(users.items())), owner)
     return new
