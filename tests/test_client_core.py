@@ -809,3 +809,61 @@ def test_unsolicited_octets_after_retr(data, extra):
             client.read()
             assert client.retr() == b"abc"  # the extra octets come in the same send as the data
             assert client.unsolicited() is extra
+
+
+def test_blocking_client_sends_each_command_at_once():
+    """TCP_NODELAY: a command line never waits in the kernel for the ACK of the one before."""
+    port, server = thread_server([b"=0\r\n"])
+    with Client.connect("127.0.0.1", port, timeout=5) as client:
+        assert client._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    server.close()
+
+
+def test_message_data_is_handed_over_as_received():
+    """Octets that are all message data come out as the very object received (no copy); only
+    what follows the message in the same read is kept for the reply."""
+    p = at("nmbr")
+    p.read(1)
+    assert feed(p, b"=8000\r\n") == [Length(8000, "")]
+    p.retr()
+    first, second = b"a" * 5000, b"b" * 3000 + b"=0 done\r\n"
+    p.receive_data(first)
+    assert p.next_event().data is first
+    assert p.buffered == 0
+    p.receive_data(second)
+    assert p.next_event() == Data(b"b" * 3000) and p.next_event() == DataEnd()
+    assert p.buffered == len(b"=0 done\r\n")
+    p.acks()
+    assert p.next_event() == Length(0, "done")
+
+
+class _Wire:
+    """A socket stand-in for the blocking client: hands out `data`, records each recv size."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.asked, self.sent = data, [], b""
+
+    def settimeout(self, timeout: float) -> None:
+        pass
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+    def recv(self, size: int) -> bytes:
+        self.asked.append(size)
+        out, self.data = self.data[:size], self.data[size:]
+        return out
+
+
+def test_blocking_client_reads_message_data_in_large_pieces():
+    """RETR of a large message asks the socket for what is due (up to 1 MiB a read), not 64 KiB
+    at a time: fewer system calls and events per message."""
+    message = b"m" * 3_000_000
+    wire = _Wire(b"+ POP2 x\r\n#1\r\n=3000000\r\n" + message + b"=0 done\r\n")
+    client = Client.from_socket(wire, timeout=5)  # type: ignore[arg-type]
+    client.helo("u", "p")
+    client.read()
+    assert client.protocol.data_left == 0
+    assert client.retr() == message
+    assert max(wire.asked) == 1 << 20 and len(wire.asked) <= 6
+    assert client.acks() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -168,12 +169,21 @@ async def test_an_empty_message_reads_zero(env, make_store):
 
 
 async def test_a_changed_file_is_counted_again(env, make_store):
+    """Counts are kept by file identity (and a small message's octets only until its RETR)."""
     uid = env.deliver("alice", b"Subject: x\n\nshort\n")
     box = await mailbox(make_store())
     [ref] = await box.select("INBOX")
     assert await box.wire_size(ref) == len(b"Subject: x\r\n\r\nshort\r\n")
+    await drain(box, ref)
     (env.folder("alice") / "new" / uid).write_bytes(b"Subject: x\n\nrather longer\n")
     assert await box.wire_size(ref) == len(b"Subject: x\r\n\r\nrather longer\r\n")
+    big = b"Subject: big\n\n" + b"line\n" * 500  # past one RETR chunk: counted, not held
+    (env.folder("alice") / "new" / uid).write_bytes(big)
+    box = await mailbox(make_store(retr_chunk_size=1024))
+    [ref] = await box.select("INBOX")
+    assert await box.wire_size(ref) == len(big.replace(b"\n", b"\r\n"))
+    (env.folder("alice") / "new" / uid).write_bytes(big + b"one more\n")
+    assert await box.wire_size(ref) == len(big.replace(b"\n", b"\r\n")) + len(b"one more\r\n")
 
 
 async def test_flags_set_elsewhere_do_not_lose_the_message(env, make_store):
@@ -200,6 +210,7 @@ async def test_a_message_is_found_by_its_name_without_listing_the_folder(env, ma
         assert await box.wire_size(ref) == len(b"Subject: 0\r\n\r\nbody\r\n")
         await drain(box, ref)
         await box.mark_seen(ref)
+    await box.release([])  # the flags, by the names last seen too
     assert listed == []
     inbox = env.folder("alice")
     [name] = [n for n in os.listdir(inbox / "cur") if n.startswith(refs[0].id)]
@@ -228,6 +239,7 @@ async def test_mark_seen_moves_to_cur_with_s(env, make_store):
     for ref in refs:
         await box.mark_seen(ref)
         await box.mark_seen(ref)  # once is enough
+    await box.release([])  # the flags are on disk when the folder is released (QUIT, FOLD)
     inbox = env.folder("alice")
     assert sorted(os.listdir(inbox / "cur")) == sorted([f"{fresh}:2,S", f"{flagged}:2,FS"])
     assert os.listdir(inbox / "new") == []
@@ -282,3 +294,176 @@ async def test_uw_form_across_read_chunks(env, make_store):
     wire = header.replace(b"\n", b"\r\n") + b"Status:  O\r\n\r\n" + b"body line\r\n" * 500 + b"\r\n"
     assert await drain(box, ref) == wire
     assert await box.wire_size(ref) == len(wire)
+
+
+# -- one trip and one read per message ----------------------------------------------------
+
+
+@pytest.fixture
+def trips(monkeypatch):
+    """Each trip the store makes to a worker thread, by the function it runs."""
+    import pop2gate.stores.maildir as maildir
+
+    made: list[str] = []
+    real = asyncio.to_thread
+
+    async def to_thread(fn, *args):
+        made.append(getattr(fn, "__name__", repr(fn)))
+        return await real(fn, *args)
+
+    monkeypatch.setattr(maildir.asyncio, "to_thread", to_thread)
+    return made
+
+
+@pytest.fixture
+def opened(monkeypatch):
+    """The names of the files (not directories) the store opens."""
+    names: list[str] = []
+    real = os.open
+
+    def spy(name, flags, *args, **kwargs):
+        if not flags & os.O_DIRECTORY:
+            names.append(str(name))
+        return real(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    return names
+
+
+async def test_a_small_message_is_read_once_for_read_and_retr(env, make_store, trips, opened):
+    """READ counts a small message's octets by reading it whole and keeps them for RETR: one
+    trip to a worker thread and one open per message, however often it is announced."""
+    uid = env.deliver("alice", b"Subject: x\n\nbody\n")
+    box = await mailbox(make_store())
+    [ref] = await box.select("INBOX")
+    trips.clear()
+    assert await box.wire_size(ref) == len(b"Subject: x\r\n\r\nbody\r\n")
+    assert await box.wire_size(ref) == len(b"Subject: x\r\n\r\nbody\r\n")  # READ again: from memory
+    assert await drain(box, ref) == b"Subject: x\r\n\r\nbody\r\n"
+    assert len(trips) == 1 and opened == [uid]
+
+
+async def test_a_message_held_for_retr_is_sent_whole_when_removed_meanwhile(env, make_store):
+    """Its count went out and its octets are in hand: RETR sends them, as the IMAP store does.
+    Once sent, they are not kept: the next announcement reads the folder again."""
+    uid = env.deliver("alice", b"Subject: x\n\nbody\n")
+    box = await mailbox(make_store())
+    [ref] = await box.select("INBOX")
+    assert await box.wire_size(ref) > 0
+    os.unlink(env.folder("alice") / "new" / uid)  # another client took it
+    assert await drain(box, ref) == b"Subject: x\r\n\r\nbody\r\n"
+    assert await box.wire_size(ref) == 0
+    with pytest.raises(StoreError):
+        await drain(box, ref)
+
+
+async def test_a_message_larger_than_a_retr_chunk_is_streamed_not_held(env, make_store, opened):
+    stored = b"Subject: big\n\n" + b"a line of the body\n" * 200
+    uid = env.deliver("alice", stored)
+    box = await mailbox(make_store(retr_chunk_size=1024))
+    [ref] = await box.select("INBOX")
+    assert await box.wire_size(ref) == len(stored.replace(b"\n", b"\r\n"))
+    assert not box._held  # nothing kept past one RETR chunk
+    assert await drain(box, ref) == stored.replace(b"\n", b"\r\n")
+    assert opened == [uid, uid]
+
+
+async def test_mark_seen_waits_for_the_next_trip(env, make_store, trips):
+    """ACKS notes the flag; it reaches the disk with the store's next trip to a worker thread
+    (the next message's count, say), never with a trip of its own."""
+    first, second = (env.deliver("alice", b"Subject: %d\n\nx\n" % n) for n in range(2))
+    box = await mailbox(make_store())
+    refs = await box.select("INBOX")
+    trips.clear()
+    await box.mark_seen(refs[0])
+    assert trips == [] and os.listdir(env.folder("alice") / "cur") == []
+    await box.wire_size(refs[1])
+    assert len(trips) == 1 and os.listdir(env.folder("alice") / "cur") == [f"{first}:2,S"]
+
+
+@pytest.mark.parametrize("end", ["select", "release", "close"])
+async def test_mark_seen_is_applied_however_the_folder_is_left(env, make_store, end):
+    """FOLD (select), QUIT (release) and any end of the session at all (close, with nothing
+    deleted) apply the flags noted so far."""
+    uid = env.deliver("alice", b"Subject: x\n\nbody\n")
+    box = await mailbox(make_store())
+    [ref] = await box.select("INBOX")
+    await box.mark_seen(ref)
+    await {"select": lambda: box.select("INBOX"), "release": lambda: box.release([]), "close": box.close}[end]()
+    assert os.listdir(env.folder("alice") / "cur") == [f"{uid}:2,S"]
+
+
+async def test_a_flag_that_cannot_be_applied_at_close_is_logged_not_raised(env, make_store, caplog):
+    uid = env.deliver("alice", b"Subject: x\n\nbody\n")
+    box = await mailbox(make_store())
+    [ref] = await box.select("INBOX")
+    await box.mark_seen(ref)
+    cur = env.folder("alice") / "cur"
+    cur.rmdir()  # no cur/ to move it into
+    await box.close()
+    assert os.listdir(env.folder("alice") / "new") == [uid]
+    assert "not applied" in caplog.text and "Traceback" not in caplog.text
+
+
+# -- read-ahead: the next small messages in the same trip ----------------------------------
+
+
+async def test_the_next_small_messages_are_read_in_the_same_trip(env, make_store, trips, opened):
+    """A drain of small messages makes one trip per `maildir_readahead` octets, each file opened
+    once; the flags of ACKS wait for the next trip, or the end of the folder."""
+    stored = [b"Subject: %d\n\n" % n + b"body line\n" * 100 for n in range(6)]
+    uids = [env.deliver("alice", data) for data in stored]
+    size = len(stored[0].replace(b"\n", b"\r\n"))
+    box = await mailbox(make_store(maildir_readahead=3 * size))
+    refs = await box.select("INBOX")
+    trips.clear()
+    for ref, data in zip(refs, stored, strict=True):
+        assert await box.wire_size(ref) == size
+        assert await drain(box, ref) == data.replace(b"\n", b"\r\n")
+        await box.mark_seen(ref)
+    assert len(trips) == 2  # messages 1-4, then 5-6
+    assert opened == uids
+    await box.release([])
+    assert len(os.listdir(env.folder("alice") / "cur")) == 6
+
+
+async def test_read_ahead_off_reads_each_message_at_its_count(env, make_store, trips):
+    for n in range(3):
+        env.deliver("alice", b"Subject: %d\n\nx\n" % n)
+    box = await mailbox(make_store(maildir_readahead=0))
+    refs = await box.select("INBOX")
+    trips.clear()
+    for ref in refs:
+        await box.wire_size(ref)
+        await drain(box, ref)
+    assert len(trips) == 3
+
+
+async def test_read_ahead_stops_at_a_message_past_one_retr_chunk(env, make_store, opened):
+    small = [env.deliver("alice", b"Subject: s\n\nx\n") for _ in range(2)]
+    big = env.deliver("alice", b"Subject: big\n\n" + b"y" * 3000 + b"\n")
+    last = env.deliver("alice", b"Subject: s\n\nx\n")
+    box = await mailbox(make_store(retr_chunk_size=1024))
+    refs = await box.select("INBOX")
+    await box.wire_size(refs[0])
+    assert opened == small + [big]  # looked at, too large to hold: not kept, nothing after it
+    assert await box.wire_size(refs[3]) > 0 and opened[-1] == last
+
+
+@pytest.mark.parametrize("interval,announced", [(3600, True), (0, False)])
+async def test_a_message_read_ahead_then_removed(env, make_store, interval, announced):
+    """Within `maildir_recheck_interval` of the read, a message read ahead is announced from
+    memory and sent whole even if another client removed it meanwhile (never a wrong count,
+    nothing lost); past it (0: always), the folder is looked at again and it reads `=0`."""
+    first = env.deliver("alice", b"Subject: 1\n\nx\n")
+    second = env.deliver("alice", b"Subject: 2\n\nx\n")
+    box = await mailbox(make_store(maildir_recheck_interval=interval))
+    refs = await box.select("INBOX")
+    await box.wire_size(refs[0])
+    os.unlink(env.folder("alice") / "new" / second)
+    if announced:
+        assert await box.wire_size(refs[1]) == len(b"Subject: 2\r\n\r\nx\r\n")
+        assert await drain(box, refs[1]) == b"Subject: 2\r\n\r\nx\r\n"
+    else:
+        assert await box.wire_size(refs[1]) == 0
+    assert env.files("alice") == [first]

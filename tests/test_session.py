@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from helpers import PASSWORD, expect_closed, read_line
+from helpers import PASSWORD, expect_closed, read_line, until_idle
 
 GREETING = b"+ POP2 test.invalid pop2gate server ready\r\n"
 HELO = f"HELO alice {PASSWORD}\r\n".encode()
@@ -221,6 +221,21 @@ async def test_acks_marks_seen(server, env, three):
     assert [p.name for p in cur] == [f"{three[0]}:2,S"]
 
 
+async def test_acks_counts_when_the_client_goes_without_quit(server, env, three):
+    """The flag is applied however the session ends (deletions only on a clean end)."""
+    reader, writer = await session(server, HELO, b"READ\r\nRETR\r\nACKS\r\nRETR\r\nACKD\r\n")
+    assert await read_line(reader) == b"#3 messages in INBOX\r\n"
+    for msg in (MSG1, MSG2):
+        assert (await read_line(reader)).startswith(b"=")
+        await asyncio.wait_for(reader.readexactly(len(crlf(msg))), 5)
+    assert await read_line(reader) == b"=%d characters in message 3\r\n" % len(crlf(MSG3) + b"\r\n")
+    writer.close()  # gone without QUIT
+    await until_idle(server.gateway)
+    cur = list((env.mail / "alice" / "cur").iterdir())
+    assert [p.name for p in cur] == [f"{three[0]}:2,S"]
+    assert env.files("alice") == sorted(three)  # the ACKD'd message is kept
+
+
 # -- message data ---------------------------------------------------------------
 
 
@@ -258,15 +273,35 @@ async def test_large_message_with_cr_at_chunk_boundary(make_server, env):
     assert wire in reply
 
 
-async def test_message_changed_after_read_never_sends_wrong_count(server, env):
+async def test_message_changed_after_read_never_sends_wrong_count(make_server, env):
+    """A message past one RETR chunk is read again at RETR: exactly the announced octets go
+    out, then the connection closes."""
+    server = await make_server({"retr_chunk_size": 1024})
+    uid = env.deliver("alice", b"x" * 2000 + b"\n")
+    reader, writer = await session(server, HELO, b"READ\r\n")
+    assert await read_line(reader) == b"#1 message in INBOX\r\n"
+    assert await read_line(reader) == b"=2002 characters in message 1\r\n"
+    (env.mail / "alice" / "new" / uid).write_bytes(b"y" * 3000 + b"\n")
+    writer.write(b"RETR\r\n")
+    rest = await expect_closed(reader)
+    assert rest == b"y" * 2002  # exactly the announced octets, then the connection closes
+    assert env.files("alice") == [uid]
+
+
+async def test_a_small_message_is_sent_as_it_was_counted(server, env):
+    """One within a RETR chunk was read whole when counted: RETR sends those octets, whatever
+    happened to the file since, and the session goes on."""
     uid = env.deliver("alice", b"short\n")
     reader, writer = await session(server, HELO, b"READ\r\n")
     assert await read_line(reader) == b"#1 message in INBOX\r\n"
     assert await read_line(reader) == b"=7 characters in message 1\r\n"
     (env.mail / "alice" / "new" / uid).write_bytes(b"much longer now\n")
     writer.write(b"RETR\r\n")
-    rest = await expect_closed(reader)
-    assert rest == b"much lo"  # exactly the announced 7 octets, then the connection closes
+    assert await asyncio.wait_for(reader.readexactly(7), 5) == b"short\r\n"
+    writer.write(b"NACK\r\n")  # announced again: read again, as it is now
+    assert await read_line(reader) == b"=17 characters in message 1\r\n"
+    writer.write(b"QUIT\r\n")
+    assert await expect_closed(reader) == b"+ OK\r\n"
     assert env.files("alice") == [uid]
 
 
@@ -712,6 +747,17 @@ async def test_acks_never_moves_a_message_out_through_a_symlinked_cur(server, en
     assert sorted(p.name for p in outside.iterdir()) == ["1600000000.M1P1.secret"]
 
 
+async def test_quit_deletes_nothing_when_an_acks_flag_cannot_be_applied(server, env, tmp_path):
+    """The ACKS flags a store still holds go first at QUIT; when one fails, QUIT says so and
+    deletes nothing: the ACKD'd message is fetched again, never lost unseen."""
+    uids = [env.deliver("alice", b"Subject: %d\n\nbody\n" % n) for n in range(2)]
+    outside, _ = outside_dir(tmp_path)
+    swap_for_link(env.mail / "alice" / "cur", outside)
+    reply = await server.talk(HELO + b"READ\r\nRETR\r\nACKD\r\nRETR\r\nACKS\r\nQUIT\r\n")
+    assert reply.endswith(b"=0 no message 3\r\n- Mail server error, try again later\r\n")
+    assert sorted(os.listdir(env.mail / "alice" / "new")) == sorted(uids)
+
+
 async def test_symlinked_tmp_gets_nothing_written(server, env, tmp_path):
     outside, secret = outside_dir(tmp_path)
     swap_for_link(env.mail / "alice" / "tmp", outside)
@@ -785,5 +831,46 @@ async def test_replies_that_echo_arguments_stay_within_512_octets(server):
         writer.write(line)
         reply = await read_line(reader)
         assert len(reply) <= 512 and reply[:1] in b"=#", reply[:40]
+    writer.write(b"QUIT\r\n")
+    assert await expect_closed(reader) == b"+ OK\r\n"
+
+
+async def test_retr_data_goes_out_in_as_few_writes_as_the_chunk_size_allows(make_server, env, monkeypatch):
+    """Each write is a send() that wakes the client: the last line's CRLF a store adds goes
+    with the octets before it, not in a write of its own."""
+    server = await make_server({"retr_chunk_size": 1024})
+    env.deliver("alice", b"x" * 2999)  # no line end: the store adds one
+    writes: list[int] = []
+    real = asyncio.StreamWriter.write
+
+    def write(self, data):
+        if self.get_extra_info("sockname")[1] == server.port:
+            writes.append(len(data))
+        return real(self, data)
+
+    monkeypatch.setattr(asyncio.StreamWriter, "write", write)
+    reader, writer = await session(server, HELO, b"READ\r\n")
+    assert await read_line(reader) == b"#1 message in INBOX\r\n"
+    assert await read_line(reader) == b"=3001 characters in message 1\r\n"
+    writes.clear()
+    writer.write(b"RETR\r\n")
+    assert await asyncio.wait_for(reader.readexactly(3001), 5) == b"x" * 2999 + b"\r\n"
+    assert writes == [1024, 1024, 953]
+    writer.close()
+
+
+async def test_a_command_arms_no_timer_of_its_own(server, three, monkeypatch):
+    """The deadlines of a session's reads are kept by one loop timer, moved only when a deadline
+    comes nearer: a drain does not schedule (and cancel) a timer per command."""
+    reader, writer = await session(server, HELO)
+    assert await read_line(reader) == b"#3 messages in INBOX\r\n"
+    loop = asyncio.get_running_loop()
+    timers: list[float] = []
+    real = loop.call_at
+    monkeypatch.setattr(loop, "call_at", lambda when, *args, **kw: timers.append(when) or real(when, *args, **kw))
+    for _ in range(20):
+        writer.write(b"READ 1\r\n")
+        assert (await reader.readline()).startswith(b"=")  # no wait_for here: it would arm a timer
+    assert len(timers) <= 1
     writer.write(b"QUIT\r\n")
     assert await expect_closed(reader) == b"+ OK\r\n"

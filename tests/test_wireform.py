@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from fuzzing import fuzz
 from pop2gate.stores.wireform import (
     CrlfEncoder,
     LineEnder,
     UwStatus,
     WireEncoder,
     WireForm,
+    crlf,
     ended_size,
     line_end,
     status_line,
@@ -128,3 +132,31 @@ def test_uw_off_adds_nothing():
     assert run(form.encoder(True, bare_lf=True), b"Subject: x\n\nbody\n", 4) == b"Subject: x\r\n\r\nbody\r\n"
     assert form.size(20, True) == 20 and form.size(20, False) == 20
     assert WireForm(uw_compat=True).size(20, False) == 34
+
+
+# -- counting without encoding, against the encoder --------------------------------------
+
+
+@fuzz(300)
+@given(st.binary(max_size=300).map(lambda b: bytes(b"a\r\n"[x % 3] for x in b)),
+       st.lists(st.integers(min_value=1, max_value=20), max_size=30))
+def test_wire_size_of_is_what_the_encoder_sends(data, cuts):
+    """The count (no output made) equals the encoder's output, however the octets are split."""
+    chunks, i = [], 0
+    for size in [*cuts, len(data)]:
+        chunks.append(data[i : i + size])
+        i += size
+    enc = CrlfEncoder()
+    wire = b"".join(enc.feed(c) for c in chunks) + enc.finish()
+    assert wire_size_of(chunks) == len(wire) == len(run(CrlfEncoder(), data, max(len(data), 1)))
+    assert wire == (b"" if not data else data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+                    + (b"" if data.endswith(b"\n") else b"\r\n"))
+
+
+def test_crlf_returns_network_form_itself():
+    """Octets already in network form are not copied (the common case for a message written by
+    an IMAP server's delivery agent into a Maildir)."""
+    data = b"Subject: x\r\n\r\n" + b"line\r\n" * 1000
+    assert crlf(data) is data
+    assert crlf(b"no line end at all") == b"no line end at all"
+    assert crlf(b"a\nb\n") == b"a\r\nb\r\n" and crlf(b"a\r\nb\n") == b"a\r\nb\r\n"

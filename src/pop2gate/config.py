@@ -261,6 +261,21 @@ class Limits(_Model):
         65536, ge=1024, le=16 * 1024 * 1024,
         description="Octets read from the store and written to the client at a time during RETR. Bounds the "
                     "memory one transfer holds.")
+    # Maildir backends.
+    maildir_readahead: int = Field(
+        256 * 1024, ge=0, le=64 * 1024 * 1024,
+        description="Maildir backends: when a message is counted (READ, or the answer to an ack), the messages "
+                    "after it are read too, in the same trip to a worker thread, while their octets total at "
+                    "most this (0: none); each at most `retr_chunk_size`. Held until sent, or until the session "
+                    "moves elsewhere: with the message counted (up to `retr_chunk_size`), the most one session "
+                    "holds.")
+    maildir_recheck_interval: float = Field(
+        1.0, ge=0, le=3600,
+        description="Maildir backends: a message read ahead (or counted, before its RETR) is announced from "
+                    "what was read while that read is younger than this; older, the folder is looked at again, "
+                    "and a message another client removed reads `=0`. 0: always look again. Within it, a "
+                    "message another client removed is still sent whole from what was read; never a wrong "
+                    "count, never anything lost.")
     # IMAP backends (docs/imap.md).
     imap_connect_timeout: float = Field(
         30, gt=0, description="IMAP backends: time to connect, finish TLS and read the greeting.")

@@ -14,6 +14,8 @@ import time
 from collections.abc import Awaitable
 from typing import NoReturn, TypeVar
 
+from prometheus_client import Counter, Histogram
+
 from .. import __version__, logs
 from ..config import Config
 from ..metrics import Metrics
@@ -36,6 +38,84 @@ class _Close(Exception):
         self.reply = reply
         self.why = why
         self.error = error
+
+
+class _Deadline:
+    """The deadline of the read in progress, kept by one loop timer per session. The timer moves
+    only when a deadline comes nearer than it; one further away (the next idle deadline, after
+    every command) is left to the timer, which looks again when it fires. So a command costs
+    two assignments here, not a timer scheduled and cancelled."""
+
+    def __init__(self, task: asyncio.Task[None] | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = task
+        self._when: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
+
+    def set(self, when: float) -> None:
+        """A read begins that must end by `when` (loop time)."""
+        self._when = when
+        if self._timer is None or when < self._timer.when():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(when, self._check)
+
+    def clear(self) -> None:
+        """The read is over."""
+        self._when = None
+
+    def expired(self) -> bool:
+        """Whether the CancelledError being handled is this deadline's (and only its)."""
+        if not self._expired or self._task is None:
+            return False
+        self._expired = False
+        return self._task.uncancel() == 0
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._when is None or self._task is None:
+            return  # no read under way: the next one sets the timer again
+        if self._loop.time() < self._when:
+            self._timer = self._loop.call_at(self._when, self._check)
+            return
+        self._expired = True
+        self._task.cancel()
+
+
+class _Pieces:
+    """RETR's octets gathered into writes of up to `size` octets (a larger piece goes alone)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._held: list[bytes] = []
+        self._len = 0
+
+    def add(self, piece: bytes) -> list[bytes]:
+        """Hold `piece`; return what is ready to write, in order."""
+        ready = []
+        if self._len + len(piece) > self.size and self._held:
+            ready.append(self._join())
+        if len(piece) >= self.size:
+            ready.append(piece)
+        elif piece:
+            self._held.append(piece)
+            self._len += len(piece)
+        return ready
+
+    def take(self) -> bytes | None:
+        """What is held, as one write (None: nothing)."""
+        return self._join() if self._held else None
+
+    def _join(self) -> bytes:
+        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held, self._len = [], 0
+        return data
 
 
 class Session:
@@ -74,6 +154,9 @@ class Session:
         loop = asyncio.get_running_loop()
         self._login_deadline = loop.time() + self.limits.login_timeout
         self._line_deadline: float | None = None  # set while a command line is incomplete
+        self._deadline = _Deadline(self._task)
+        self._timers: dict[tuple[str, str], Histogram] = {}  # backend_seconds by (backend, call)
+        self._sent: tuple[Counter, Counter] | None = None  # messages and octets for this backend
 
     @property
     def tag(self) -> str:
@@ -125,6 +208,7 @@ class Session:
             await self._end()
 
     async def _end(self) -> None:
+        self._deadline.close()
         if self.mailbox is not None:
             pending = len(self.acked)
             if pending:
@@ -192,11 +276,15 @@ class Session:
             elif self._line_deadline is None:
                 limits.append((now + self.limits.idle_timeout, "idle"))
             deadline, why = min(limits)
+            self._deadline.set(deadline)
             try:  # never more than the rest of one command line
-                async with asyncio.timeout_at(deadline):
-                    data = await self.reader.read(self.proto.room)
-            except TimeoutError:
+                data = await self.reader.read(self.proto.room)
+            except asyncio.CancelledError:
+                if not self._deadline.expired():
+                    raise
                 raise _Close(self.proto.send_error(Reason.AUTOLOGOUT), f"timeout: {why}", "timeout") from None
+            finally:
+                self._deadline.clear()
             if not data:
                 raise _Close(why="client closed the connection")
             self.proto.receive_data(data)
@@ -205,7 +293,8 @@ class Session:
 
     async def _step(self) -> None:
         event = await self._next_event()
-        log.debug("command %r %s", event, self.tag)  # a Helo's repr hides its password
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("command %r %s", event, self.tag)  # a Helo's repr hides its password
         match event:
             case ProtocolViolation(detail=detail, reply=reply):
                 log.warning("protocol error %s: %s", self.tag, detail)
@@ -287,11 +376,12 @@ class Session:
         await self._write(self.proto.send_count(len(self.messages), folder))
 
     async def _release(self) -> None:
-        """Apply this folder's ACKD deletions: the only place mail is removed."""
-        if not self.acked:
-            return
+        """Apply this folder's ACKD deletions, the only place mail is removed, and (the store's
+        part) the ACKS flags it still holds: QUIT and FOLD answer only once both are done."""
         refs = [self.messages[n - 1] for n in sorted(self.acked)]
         await self._store_call(self._mailbox().release(refs))
+        if not refs:
+            return
         self.metrics.deletions.labels(self.backend).inc(len(refs))
         log.info("deleted %s folder=%r count=%d", self.tag, self.folder, len(refs),
                  extra=self._event("deleted", folder=self.folder, count=len(refs)))
@@ -305,28 +395,42 @@ class Session:
         await self._write(self.proto.send_length(size, n))
 
     async def _retr(self) -> None:
-        """Send exactly the announced octets; the protocol core counts them."""
+        """Send exactly the announced octets; the protocol core counts them. The store's pieces
+        go out together up to `retr_chunk_size` a write: each write is a send() that wakes the
+        client, so a small piece (the CRLF a store adds at the end, say) gets none of its own."""
         ref = self.messages[self.current - 1]
         expected = self.proto.announced
         chunks = self._mailbox().fetch(ref)
+        out = _Pieces(self.limits.retr_chunk_size)
         try:
             async with contextlib.aclosing(chunks):
                 async for chunk in chunks:
-                    if len(chunk) > self.proto.data_left:
-                        await self._write(self.proto.send_data(chunk[: self.proto.data_left]))
+                    longer = len(chunk) > self.proto.data_left
+                    for ready in out.add(self.proto.send_data(chunk[: self.proto.data_left] if longer else chunk)):
+                        await self._write(ready)
+                    if longer:
+                        await self._write_pieces(out.take())
                         self._transfer_failed(ref, f"longer than the announced {expected} octets")
-                    await self._write(self.proto.send_data(chunk))
         except StoreError as err:
+            await self._write_pieces(out.take())
             sent = expected - self.proto.data_left
             self._transfer_failed(ref, f"backend failed after {sent} of {expected} octets: {err}")
+        await self._write_pieces(out.take())
         try:
             self.proto.end_data()
         except LocalProtocolError as err:
             self._transfer_failed(ref, str(err))
-        self.metrics.messages.labels(self.backend).inc()
-        self.metrics.octets.labels(self.backend).inc(expected)
-        log.info("retr %s n=%d octets=%d", self.tag, self.current, expected,
-                 extra=self._event("retr", folder=self.folder, n=self.current, octets=expected))
+        if self._sent is None:
+            self._sent = self.metrics.messages.labels(self.backend), self.metrics.octets.labels(self.backend)
+        self._sent[0].inc()
+        self._sent[1].inc(expected)
+        if log.isEnabledFor(logging.INFO):
+            log.info("retr %s n=%d octets=%d", self.tag, self.current, expected,
+                     extra=self._event("retr", folder=self.folder, n=self.current, octets=expected))
+
+    async def _write_pieces(self, data: bytes | None) -> None:
+        if data:
+            await self._write(data)
 
     def _transfer_failed(self, ref: MessageRef, why: str) -> NoReturn:
         """End the session mid-RETR: no reply can follow message data, nothing is deleted."""
@@ -342,5 +446,8 @@ class Session:
             log.warning("backend error %s: %s", self.tag, err)
             raise _Close(self.proto.send_error(Reason.BACKEND_ERROR), error="backend") from None
         finally:
-            command = getattr(awaitable, "__name__", "call")
-            self.metrics.backend_seconds.labels(self.backend, command).observe(time.monotonic() - start)
+            key = (self.backend, getattr(awaitable, "__name__", "call"))
+            timer = self._timers.get(key)
+            if timer is None:  # each label lookup once per session, not once per command
+                timer = self._timers[key] = self.metrics.backend_seconds.labels(*key)
+            timer.observe(time.monotonic() - start)

@@ -41,6 +41,7 @@ from .wire import (
 
 DEFAULT_TIMEOUT = 60.0
 CHUNK = 65536
+MAX_READ = 1 << 20  # the most the blocking client asks the socket for at once, during message data
 
 __all__ = [
     "ClientProtocol", "Client", "AsyncClient", "State", "NEED_DATA",
@@ -168,6 +169,7 @@ class ClientProtocol:
         self._waiting = True  # a reply (or message data) is due from the server
         self.length: int | None = None  # the last =c announced
         self._buf = bytearray()
+        self._raw = b""  # octets received into an empty buffer, kept as they came (no copy)
         self._left = 0  # message octets still due after RETR
         self._eof = False
 
@@ -178,7 +180,14 @@ class ClientProtocol:
     @property
     def buffered(self) -> int:
         """Octets received and not yet taken by an event."""
-        return len(self._buf)
+        return len(self._buf) + len(self._raw)
+
+    @property
+    def data_left(self) -> int:
+        """Octets of message data still due from the server and not yet received (0 outside RETR)."""
+        if self._state is not State.XFER or not self._waiting:
+            return 0
+        return max(self._left - self.buffered, 0)
 
     @property
     def waiting(self) -> bool:
@@ -233,10 +242,14 @@ class ClientProtocol:
         if self._eof:
             if data:
                 raise LocalProtocolError("data received after the end of the stream")
-        elif data:
-            self._buf += data
-        else:
+        elif not data:
             self._eof = True
+        elif self._buf or self._raw:
+            self._buf += self._raw
+            self._buf += data
+            self._raw = b""
+        else:
+            self._raw = data  # message data is then handed over as this very object
 
     def next_event(self) -> Event | NeedData:
         """Return the next event, or NEED_DATA when more input is needed.
@@ -258,12 +271,22 @@ class ClientProtocol:
             if not self._left:
                 self._waiting = False
                 return DataEnd()
-            if not self._buf:
+            if self._raw:
+                chunk, rest = self._raw, b""
+                if len(chunk) > self._left:
+                    chunk, rest = chunk[: self._left], chunk[self._left :]
+                self._raw = b""
+                self._buf += rest
+            elif self._buf:
+                chunk = bytes(self._buf[: self._left])
+                del self._buf[: len(chunk)]
+            else:
                 return self._end_or_need()
-            chunk = bytes(self._buf[: self._left])
-            del self._buf[: len(chunk)]
             self._left -= len(chunk)
             return Data(chunk)
+        if self._raw:
+            self._buf += self._raw
+            self._raw = b""
         found = split_line(self._buf, MAX_REPLY_LINE)
         if found is None:
             if len(self._buf) >= MAX_REPLY_LINE:
@@ -451,6 +474,7 @@ class Client(_Wrapper):
         `connect_timeout` (default `timeout`) bounds the connection and the TLS handshake;
         `timeout` bounds each wait for the server after that."""
         sock = socket.create_connection((host, port), timeout=connect_timeout or timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each command goes at once
         if ssl_context is not None:
             try:
                 sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname or host)
@@ -527,7 +551,8 @@ class Client(_Wrapper):
 
     def _event(self) -> Event:
         while isinstance(event := self.protocol.next_event(), NeedData):
-            self.protocol.receive_data(self._sock.recv(CHUNK))
+            # message data: what is due, up to MAX_READ a read (fewer calls and events per message)
+            self.protocol.receive_data(self._sock.recv(min(max(CHUNK, self.protocol.data_left), MAX_READ)))
         return event
 
     def _call(self, line: bytes | None, kind: type[E]) -> E:

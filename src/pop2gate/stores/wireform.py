@@ -37,6 +37,19 @@ def ended_size(size: int, tail: bytes) -> int:
     return size + len(line_end(tail[-size:]))  # octets beyond the message cannot end it
 
 
+def crlf(data: bytes) -> bytes:
+    """Every bare LF of `data` made CRLF; octets already in that form are returned as they are."""
+    lf = data.count(b"\n")
+    if not lf:
+        return data
+    pairs = data.count(b"\r\n")
+    if pairs == lf:
+        return data  # network form already: no copy
+    if not pairs:
+        return data.replace(b"\n", b"\r\n")
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
 class CrlfEncoder:
     """Bare LF -> CRLF, streaming; the last line ended. Feed chunks in order, then call finish once."""
 
@@ -49,8 +62,8 @@ class CrlfEncoder:
         self._held = b""
         if data.endswith(b"\r"):
             data, self._held = data[:-1], b"\r"  # a CR whose LF may come in the next chunk
-        out = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        self._tail = (self._tail + out)[-2:]
+        out = crlf(data)
+        self._tail = (self._tail + out[-2:])[-2:]  # never a copy of the whole chunk
         return out
 
     def finish(self) -> bytes:
@@ -65,7 +78,7 @@ class LineEnder:
         self._tail = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        self._tail = (self._tail + chunk)[-2:]
+        self._tail = (self._tail + chunk[-2:])[-2:]
         return chunk
 
     def finish(self) -> bytes:
@@ -135,9 +148,21 @@ class WireEncoder:
 
 
 def wire_size_of(chunks: Iterable[bytes]) -> int:
-    """Octets a message with LF line ends, stored as `chunks`, has in wire form (UW's extra apart)."""
-    enc = CrlfEncoder()
-    return sum(len(enc.feed(c)) for c in chunks) + len(enc.finish())
+    """Octets a message with LF line ends, stored as `chunks`, has in wire form (UW's extra apart):
+    what `CrlfEncoder` gives out, counted without making it. Each bare LF gains a CR; a last
+    line that does not end in LF gains a CRLF."""
+    size = 0
+    last = b""  # the last octet counted
+    for chunk in chunks:
+        if not chunk:
+            continue
+        size += len(chunk) + chunk.count(b"\n") - chunk.count(b"\r\n")
+        if last == b"\r" and chunk[:1] == b"\n":
+            size -= 1  # a CRLF split between two chunks: that LF was not bare
+        last = chunk[-1:]
+    if not size:
+        return 0
+    return size if last == b"\n" else size + len(CRLF)
 
 
 @dataclass(frozen=True)

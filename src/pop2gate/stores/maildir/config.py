@@ -17,9 +17,12 @@ class MaildirBackend(BackendConfig):
     What it does on the wire: LF line ends become CRLF; a message whose last line has no line
     end gets one; the `=c` count is exactly the octets RETR sends. Messages flagged `T`
     (trashed) and anything that is not a regular file (a symlink, say) are not listed. A folder
-    that is a symlink, or resolves outside the user's Maildir, reads as empty (`#0`). ACKS
-    renames the message into `cur/` with the `S` (seen) flag. ACKD deletes the file when the
-    folder is released (QUIT, or FOLD), and never otherwise.
+    that is a symlink, or resolves outside the user's Maildir, reads as empty (`#0`). A message
+    of up to `limits.retr_chunk_size` octets is read once, when counted (with the next ones, up
+    to `limits.maildir_readahead` octets), and RETR sends those octets. ACKS renames the message
+    into `cur/` with the `S` (seen) flag, together with the store's next look at the folder, and
+    at the latest when the folder is left or the session ends, however it ends. ACKD deletes the
+    file when the folder is released (QUIT, or FOLD), and never otherwise.
     """
 
     type: Literal["maildir"]
