@@ -5,9 +5,9 @@ careful client's, so that the wall time measures the server rather than the clie
 Against the project's blocking `Client`, which is built for a person's use (a timeout per call,
 a context manager per call to drop a broken connection): no `poll()` before each `send` and
 `recv` (the socket blocks, and the kernel's SO_RCVTIMEO / SO_SNDTIMEO bound each wait
-instead), reads into one preallocated buffer (no 64 KiB allocation per `recv`), as large as a
-big message's data can arrive at once, and one `sendall` per command. Every reply and every
-octet still goes through the protocol core, which checks them as `Client` does.
+instead); like it, reads sized to the message data still due (`ClientProtocol.data_left`,
+at most 1 MiB) and one `sendall` per command. Every reply and every octet goes through the
+protocol core, which checks them as `Client` does.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from pop2gate.pop2.client import (
 )
 
 E = TypeVar("E", Greeting, Count, Length, Ok, Data)
-BUFFER = 1 << 18  # what one recv may take: more than loopback hands over at once
+CHUNK = 1 << 16  # a read while a reply line is due
+MAX_READ = 1 << 20  # the most one read asks for during message data
 
 
 class Pop2Session:
@@ -44,12 +45,11 @@ class Pop2Session:
     def __init__(self, host: str, port: int, timeout: float) -> None:
         self.sock = socket.create_connection((host, port), timeout)
         self.sock.settimeout(None)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as Client: each command at once
         limit = struct.pack("ll", int(timeout), int(timeout % 1 * 1e6))
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
         self.protocol = ClientProtocol()
-        self.buf = bytearray(BUFFER)
-        self.view = memoryview(self.buf)
         self.greeting = self._expect(self._event(), Greeting).text
 
     def helo(self, user: str, password: str) -> int:
@@ -93,10 +93,9 @@ class Pop2Session:
         return self._expect(self._event(), kind)
 
     def _event(self) -> Event:
-        protocol, recv_into, view = self.protocol, self.sock.recv_into, self.view
+        protocol, recv = self.protocol, self.sock.recv
         while (event := protocol.next_event()) is NEED_DATA:
-            n = recv_into(view)
-            protocol.receive_data(view[:n] if n else b"")  # type: ignore[arg-type]
+            protocol.receive_data(recv(min(max(CHUNK, protocol.data_left), MAX_READ)))
         return event  # type: ignore[return-value]
 
     @staticmethod
