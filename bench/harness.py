@@ -3,7 +3,8 @@ gateway under test, and the load generators.
 
 Load runs in worker processes forked before the clock starts (never in the gateway's
 process): each worker runs its sessions in threads, blocking clients on both sides (the
-project's POP2 client, stdlib imaplib and poplib), and hands back one sha256 per message.
+project's POP2 client core with lean I/O, bench/pop2session.py; stock stdlib imaplib and
+poplib), and hands back one sha256 per message.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from dovecot import HOST, Dovecot, _mail_uid, free_port  # noqa: E402
-from pop2gate.pop2.client import Client  # noqa: E402
 from pop2gate.stores.maildir.users import set_password  # noqa: E402
+from pop2session import Pop2Session  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PASSWORD = "bench-pw"
@@ -103,14 +104,44 @@ service anvil {{
 """
 
 
+# UW ipop2d's `HELO host:user` names no port (its first ':' ends the host), so it reaches IMAP
+# at port 143: Dovecot listens there on an address of its own, without STARTTLS (c-client would
+# refuse the test certificate).
+UW_CONF = """\
+service imap-login {{
+  inet_listener imap-uw {{
+    address = {host}
+    port = 143
+  }}
+}}
+local {host} {{
+  ssl = no
+}}
+"""
+
+
+def free_imap_address() -> str:
+    """A loopback address whose port 143 is free (binding it takes root)."""
+    for n in range(109, 255):
+        with socket.socket() as s:
+            try:
+                s.bind((f"127.0.0.{n}", 143))
+            except OSError:
+                continue
+            return f"127.0.0.{n}"
+    raise SystemExit("no loopback address with port 143 free")
+
+
 class BenchDovecot(Dovecot):
     """The tests' private Dovecot (tests/dovecot.py), with POP3 on a second port, limits
     raised for S2, and each user's home being their Maildir, so the Maildir store can
-    serve the very same files (S5). Mail is written straight into the Maildirs."""
+    serve the very same files (S5). Mail is written straight into the Maildirs. With
+    `uw_host`, IMAP also on that address's port 143, for UW ipop2d."""
 
-    def __init__(self) -> None:
+    def __init__(self, uw_host: str | None = None) -> None:
         super().__init__()
         self.pop3_port = free_port()
+        self.uw_host = uw_host
         self.users: list[str] = []
 
     def _set_up(self) -> None:
@@ -118,7 +149,10 @@ class BenchDovecot(Dovecot):
         conf = self.root / "dovecot.conf"
         text = conf.read_text().replace("protocols = imap\n", "protocols = imap pop3\n")
         text = text.replace("mail_location = maildir:~/Maildir", "mail_location = maildir:~")
-        conf.write_text(text + EXTRA_CONF.format(pop3_port=self.pop3_port))
+        text += EXTRA_CONF.format(pop3_port=self.pop3_port)
+        if self.uw_host:
+            text += UW_CONF.format(host=self.uw_host)
+        conf.write_text(text)
 
     def start_with(self, users: dict[str, Corpus]) -> BenchDovecot:
         """Start with these users (password PASSWORD), each with their corpus in INBOX."""
@@ -177,17 +211,11 @@ class Gateway:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([str(BIN / "pop2gate"), "serve", "-c", str(self.config),
                                           "--log-level", "warning"], stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"gateway exited: {self.log.read_text()[-2000:]}")
-            try:
-                socket.create_connection((HOST, self.port), 1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise SystemExit("gateway did not start")
+        try:
+            wait_listening(self.port, self.proc, "gateway")
+        except SystemExit as exc:
+            self.stop()
+            raise SystemExit(f"{exc}: {self.log.read_text()[-2000:]}") from None
 
     @classmethod
     def imap(cls, root: Path, name: str, port: int, limits: dict[str, object] | None = None) -> Gateway:
@@ -219,13 +247,64 @@ class Gateway:
                 if "Traceback" in line or "internal error" in line]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection((HOST, port), 1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not start")
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class UwIpop2d:
+    """UW ipop2d (the program at `path`) behind a real socat, one process per connection.
+
+    `inetd`: `EXEC:...,nofork`, the accepted socket itself as the program's stdin and stdout,
+    as inetd gives it (no TCP_NODELAY). `nodelay`: socat relays between the client's socket,
+    which has TCP_NODELAY, and the program on a socket pair. The program runs with
+    BENCH_UW_HOST in its environment, the host its clients name (`HELO host:user`), for a
+    stand-in that needs it."""
+
+    MODES = ("inetd", "nodelay")
+
+    def __init__(self, path: str, mode: str, imap_host: str) -> None:
+        self.port = free_port()
+        # socat's own listen backlog (5) would drop some of S4's 50 simultaneous connections
+        listen = f"TCP-LISTEN:{self.port},bind={HOST},reuseaddr,fork,backlog=1024"
+        argv = {"inetd": ["socat", listen, f"EXEC:{path},nofork"],
+                "nodelay": ["socat", listen + ",nodelay", f"EXEC:{path}"]}[mode]
+        self.proc = subprocess.Popen(argv, env={**os.environ, "BENCH_UW_HOST": imap_host})
+        try:
+            wait_listening(self.port, self.proc, f"socat for UW ipop2d ({mode})")
+        except BaseException:
+            self.stop()
+            raise
+
+    def greeting(self) -> str:
+        """The program's greeting line (which version it is)."""
+        with Pop2Session(HOST, self.port, 30) as c:
+            c.quit()
+            return c.greeting
+
+    def stop(self) -> None:
+        stop_process(self.proc)
 
 
 def maildir_gateway(root: Path, dc: BenchDovecot, users: Sequence[str]) -> Gateway:
@@ -251,28 +330,32 @@ class Job:
     host: str = HOST
 
 
-class _Hasher:
-    def __init__(self) -> None:
-        self.h = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.h.update(data)
-        return len(data)
-
-
-def pop2_drain(job: Job) -> list[str]:
-    """READ n, RETR, ACKS per message (the POP2 client: pop2gate.pop2.client)."""
+def pop2_drain(job: Job, form: Callable[[bytes], bytes] | None = None) -> list[str]:
+    """READ n, RETR, ACKS per message (the project's POP2 client core: bench/pop2session.py);
+    the digests of `form` of each message, if given."""
     out = []
-    with Client.connect(job.host, job.port, timeout=TIMEOUT) as c:
+    with Pop2Session(job.host, job.port, TIMEOUT) as c:
         count = c.helo(job.user, job.password)
         for n in range(1, count + 1):
             c.read(n)
-            sink = _Hasher()
-            c.retr_to(sink)  # type: ignore[arg-type]
-            out.append(sink.h.hexdigest())
+            out.append(c.retr_digest(form))
             c.acks()
         c.quit()
     return out
+
+
+def uw_form(data: bytes) -> bytes:
+    """A message as UW ipop2d sends it, back in the corpus's form: c-client's mbox heritage adds
+    a `Status:` line to the header and a blank line at the end (the corpus has neither)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    head = b"\r\n".join(line for line in head.split(b"\r\n") if not line.startswith(b"Status:"))
+    body = body[:-2] if body.endswith(b"\r\n\r\n") else body
+    return head + sep + body
+
+
+def uw_drain(job: Job) -> list[str]:
+    """pop2_drain for UW ipop2d: each message hashed in the corpus's form (`uw_form`)."""
+    return pop2_drain(job, uw_form)
 
 
 def _imap(job: Job) -> imaplib.IMAP4:
@@ -322,7 +405,7 @@ def imap_select(job: Job) -> list[str]:
 def pop2_logins(job: Job) -> list[str]:
     """HELO + QUIT, `cycles` times."""
     for _ in range(job.cycles):
-        with Client.connect(job.host, job.port, timeout=TIMEOUT) as c:
+        with Pop2Session(job.host, job.port, TIMEOUT) as c:
             c.helo(job.user, job.password)
             c.quit()
     return []
@@ -336,7 +419,7 @@ def imap_logins(job: Job) -> list[str]:
 
 
 KINDS: dict[str, Callable[[Job], list[str]]] = {
-    "pop2": pop2_drain, "imap": imap_drain, "pop3": pop3_drain,
+    "pop2": pop2_drain, "pop2-uw": uw_drain, "imap": imap_drain, "pop3": pop3_drain,
     "pop2-login": pop2_logins, "imap-login": imap_logins, "imap-select": imap_select,
 }
 

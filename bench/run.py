@@ -6,7 +6,9 @@ every message's sha256 on both sides before any figure is kept, and writes the r
 (docs/benchmarks.md by default): machine, command, date, the figures against the targets,
 then bench/notes.md (what limits each figure, what was tried). Stops by itself; progress
 goes to stderr. `--smoke` runs the same code on tiny corpora in seconds (the test suite
-does, so the harness never rots).
+does, so the harness never rots). With `UW_IPOP2D=/path/to/ipop2d` in the environment (run
+as root: its Dovecot then also listens on port 143), UW ipop2d joins S1 and S4 for
+information, inetd-style and relayed with TCP_NODELAY.
 """
 
 from __future__ import annotations
@@ -22,10 +24,23 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import PASSWORD, BenchDovecot, Corpus, Gateway, Job, Load, digests, maildir_gateway, run_load  # noqa: E402
+from harness import (  # noqa: E402
+    PASSWORD,
+    BenchDovecot,
+    Corpus,
+    Gateway,
+    Job,
+    Load,
+    UwIpop2d,
+    digests,
+    free_imap_address,
+    maildir_gateway,
+    run_load,
+)
 
 HERE = Path(__file__).resolve().parent
 KB, MB = 1000, 1000 * 1000
@@ -87,18 +102,23 @@ def checked(load: Load, expected: Sequence[list[str]], what: str) -> float:
     return load.seconds
 
 
-def interleaved(reps: int, direct: Callable[[], float], gateway: Callable[[], float]) -> tuple[float, float]:
-    """Medians of `reps` runs each, the two sides alternating which goes first."""
-    d: list[float] = []
-    g: list[float] = []
+def interleaved(reps: int, *sides: Callable[[], float]) -> list[float]:
+    """Medians of `reps` runs of each side, the order turning by one each time (with two
+    sides: alternating which goes first)."""
+    times: list[list[float]] = [[] for _ in sides]
     for rep in range(reps):
-        for side in ((direct, d), (gateway, g)) if rep % 2 == 0 else ((gateway, g), (direct, d)):
-            side[1].append(side[0]())
-    return statistics.median(d), statistics.median(g)
+        for i in range(len(sides)):
+            k = (i + rep) % len(sides)
+            times[k].append(sides[k]())
+    return [statistics.median(t) for t in times]
 
 
 def fmt_s(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def ratio(r: float) -> str:
+    return f"{r:.2f}" if r >= 0.1 else f"{r:.3f}"
 
 
 def mb(octets: float) -> str:
@@ -106,8 +126,13 @@ def mb(octets: float) -> str:
 
 
 class Bench:
-    def __init__(self, sizes: Sizes, root: Path, servers: Sequence[str], only: Sequence[str]) -> None:
+    def __init__(self, sizes: Sizes, root: Path, servers: Sequence[str], only: Sequence[str],
+                 uw: str | None = None) -> None:
         self.only = only
+        self.uw = uw  # UW ipop2d to measure for information (UW_IPOP2D), or None
+        self.uw_host = free_imap_address() if uw else ""
+        self.uw_rows: list[tuple[str, ...]] = []
+        self.uw_greeting = ""
         self.z = sizes
         self.root = root
         self.servers = servers
@@ -122,7 +147,7 @@ class Bench:
 
     def run(self) -> None:
         z = self.z
-        dc = BenchDovecot()
+        dc = BenchDovecot(self.uw_host or None)
         corpora = {"s1-mix": Corpus(z.s1_small.groups + z.s1_big.groups), "s1-small": z.s1_small,
                    "s1-big": z.s1_big, "s3": z.s3_corpus, "s5-one": z.s5_one, "srv": z.servers_corpus}
         corpora |= {f"s2-{i:04d}": z.s2_corpus for i in range(max(z.s2_counts))}
@@ -143,24 +168,60 @@ class Bench:
     # S1: drain, one session
     def s1(self, dc: BenchDovecot) -> None:
         gw = Gateway.imap(self.root, "s1", dc.port)
+        uws = self.start_uw()
         try:
             for user, label in (("s1-mix", "mix"), ("s1-small", "small only"), ("s1-big", "big only")):
-                d, g = self.drain_pair(dc.port, gw.port, user, self.z.reps)
+                jobs = [Job("imap", dc.port, user), Job("pop2", gw.port, user),
+                        *(Job("pop2-uw", uw.port, f"{self.uw_host}:{user}") for uw in uws)]
+                d, g, *u = self.drain(user, self.z.reps, jobs)
                 target = {"mix": 0.8, "small only": 0.7, "big only": 0.8}[label]
                 count = len(self.expected[user])
-                self.row(f"S1 drain, {label} ({count} messages)", fmt_s(g), fmt_s(d),
-                         f"{d / g:.2f}", f">= {target}", d / g >= target)
+                name = f"S1 drain, {label} ({count} messages)"
+                self.row(name, fmt_s(g), fmt_s(d), f"{d / g:.2f}", f">= {target}", d / g >= target)
+                if u:
+                    self.uw_row(name, u, g, d, fmt_s)
         finally:
             gw.stop()
+            for uw in uws:
+                uw.stop()
+
+    def start_uw(self) -> list[UwIpop2d]:
+        """UW ipop2d inetd-style and relayed with TCP_NODELAY; none without UW_IPOP2D."""
+        out: list[UwIpop2d] = []
+        if self.uw:
+            try:
+                for mode in UwIpop2d.MODES:
+                    out.append(UwIpop2d(self.uw, mode, self.uw_host))
+                self.uw_greeting = out[0].greeting()
+            except BaseException:
+                for uw in out:
+                    uw.stop()
+                raise
+        return out
+
+    def uw_row(self, name: str, uw: Sequence[float], g: float, d: float, show: Callable[[float], str]) -> None:
+        """UW's two figures (times) against pop2gate's and the direct one: `show` writes a time."""
+        best = min(uw)
+        verdict = f"pop2gate {best / g:.2f}x faster" if g < best else f"**UW {g / best:.2f}x faster**"
+        self.uw_rows.append((name, *(f"{show(t)} ({ratio(d / t)})" for t in uw), f"{show(g)} ({ratio(d / g)})",
+                             show(d), verdict))
+        progress(f"{name}: UW inetd-style {show(uw[0])}, relayed {show(uw[1])}; {verdict}")
 
     def drain_pair(self, direct_port: int, gw_port: int, user: str, reps: int,
                    direct_kind: str = "imap", password: str = PASSWORD) -> tuple[float, float]:
         """Median seconds of one session draining `user` directly, and through the gateway."""
+        d, g = self.drain(user, reps, [Job(direct_kind, direct_port, user, password),
+                                       Job("pop2", gw_port, user, password)])
+        return d, g
+
+    def drain(self, user: str, reps: int, jobs: Sequence[Job]) -> list[float]:
+        """Median seconds of each job (one session draining `user`'s corpus), interleaved."""
         want = [self.expected[user]]
-        return interleaved(
-            reps,
-            lambda: checked(run_load([Job(direct_kind, direct_port, user, password)]), want, f"{user} direct"),
-            lambda: checked(run_load([Job("pop2", gw_port, user, password)]), want, f"{user} gateway"))
+
+        def one(job: Job) -> float:
+            return checked(run_load([job]), want, f"{user}: {job.kind} to port {job.port}")
+
+        return interleaved(reps, *(partial(one, j) for j in jobs))
 
     # S2: many sessions at once
     def s2(self, dc: BenchDovecot) -> None:
@@ -216,17 +277,24 @@ class Bench:
         cycles = z.s4_clients * z.s4_cycles
         want: list[list[str]] = [[] for _ in users]
         gw = Gateway.imap(self.root, "s4", dc.port)
+        uws = self.start_uw()
+
+        def storm(kind: str, port: int, prefix: str = "") -> Callable[[], float]:
+            jobs = [Job(kind, port, prefix + u, cycles=z.s4_cycles) for u in users]
+            return lambda: checked(run_load(jobs), want, f"S4 {kind} to port {port}")
+
         try:
-            d, g = interleaved(
-                max(1, z.reps // 2),
-                lambda: checked(run_load([Job("imap-login", dc.port, u, cycles=z.s4_cycles) for u in users]),
-                                want, "S4 direct"),
-                lambda: checked(run_load([Job("pop2-login", gw.port, u, cycles=z.s4_cycles) for u in users]),
-                                want, "S4 gateway"))
+            d, g, *u = interleaved(max(1, z.reps // 2), storm("imap-login", dc.port), storm("pop2-login", gw.port),
+                                   *(storm("pop2-login", uw.port, f"{self.uw_host}:") for uw in uws))
         finally:
             gw.stop()
-        self.row(f"S4 login storm, {z.s4_clients} clients", f"{cycles / g:.0f} HELO+QUIT/s",
-                 f"{cycles / d:.0f} LOGIN+LOGOUT/s", f"{d / g:.2f}", ">= 0.9", d / g >= 0.9)
+            for uw in uws:
+                uw.stop()
+        name = f"S4 login storm, {z.s4_clients} clients"
+        self.row(name, f"{cycles / g:.0f} HELO+QUIT/s", f"{cycles / d:.0f} LOGIN+LOGOUT/s", f"{d / g:.2f}",
+                 ">= 0.9", d / g >= 0.9)
+        if u:
+            self.uw_row(name, u, g, d, lambda t: f"{cycles / t:.0f}/s")
 
     # S5: the Maildir store against Dovecot's POP3 server, same files
     def s5(self, dc: BenchDovecot) -> None:
@@ -303,7 +371,7 @@ def fill(server, user: str, corpus: Corpus) -> None:  # type: ignore[no-untyped-
         c.logout()
 
 
-def machine() -> str:
+def machine(load: float) -> str:
     cpu = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -313,16 +381,16 @@ def machine() -> str:
     dovecot = subprocess.run(["/usr/sbin/dovecot", "--version"], capture_output=True, text=True).stdout.strip()
     return (f"{os.cpu_count()} cores ({cpu}), {mem // 1024} GB RAM, {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}, Dovecot {dovecot}; load average at the start "
-            f"{os.getloadavg()[0]:.2f}")
+            f"{load:.2f}, at the end {os.getloadavg()[0]:.2f}")
 
 
-def report(bench: Bench, command: str, started: str, elapsed: float) -> str:
+def report(bench: Bench, command: str, started: str, elapsed: float, load: float) -> str:
     out = ["# Benchmarks", "",
            "Generated by `make bench` (bench/run.py); do not edit by hand: the text after the tables",
            "comes from bench/notes.md.", "",
            f"- Date: {started} UTC, {elapsed / 60:.1f} minutes",
            f"- Command: `{command}`",
-           f"- Machine: {machine()}",
+           f"- Machine: {machine(load)}",
            "- Everything on loopback. Ratios are throughput ratios (direct time / gateway time, so",
            "  1.0 is as fast as reading the backend directly) from medians of runs interleaved with",
            "  the direct ones in this one invocation; absolute figures vary between runs and machines.",
@@ -337,14 +405,36 @@ def report(bench: Bench, command: str, started: str, elapsed: float) -> str:
             "one session each side, medians.", "",
             "| server | pop2gate | direct imaplib | throughput ratio |", "|---|---|---|---|"]
     out += ["| " + " | ".join(r) + " |" for r in bench.server_rows]
+    out += ["", "## UW ipop2d, for information", "", *uw_section(bench)]
     if bench.details:
         out += ["", *bench.details]
     out += ["", (HERE / "notes.md").read_text().rstrip(), ""]
     return "\n".join(out)
 
 
+def uw_section(bench: Bench) -> list[str]:
+    if not bench.uw:
+        return ["Not measured in this run: `UW_IPOP2D` was not set. No Debian package ships UW ipop2d;",
+                "with a build of it, `UW_IPOP2D=/path/to/ipop2d make bench` (as root: see below) adds",
+                "it to S1 and S4 here."]
+    if not bench.uw_rows:
+        return [f"`UW_IPOP2D={bench.uw}` was set, but neither S1 nor S4 ran (`--only`)."]
+    return [f"`UW_IPOP2D={bench.uw}` ({bench.uw_greeting!r}), in proxy mode: `HELO {bench.uw_host}:user",
+            "password` to the same Dovecot (on that address's port 143), one process per connection",
+            "started by socat: inetd-style (the accepted socket as its stdin and stdout, no TCP_NODELAY,",
+            "as inetd gives it) and relayed with TCP_NODELAY on the client's socket. Medians of runs",
+            "interleaved with pop2gate's and the direct ones in this invocation, each checked by sha256;",
+            "in brackets the throughput ratio to the direct client.", "",
+            "| scenario | UW inetd-style | UW relayed, TCP_NODELAY | pop2gate | direct "
+            "| pop2gate against the faster UW |",
+            "|---|---|---|---|---|---|",
+            *("| " + " | ".join(r) + " |" for r in bench.uw_rows)]
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="UW_IPOP2D=/path/to/ipop2d in the environment (as root) adds UW ipop2d "
+                                        "to S1 and S4, for information.")
     ap.add_argument("--smoke", action="store_true", help="tiny corpora, one repetition: seconds, for the tests")
     ap.add_argument("--out", type=Path, default=HERE.parent / "docs" / "benchmarks.md", help="report file")
     ap.add_argument("--servers", default="cyrus-unix,cyrus-debian,courier",
@@ -353,13 +443,18 @@ def main() -> None:
                     help="scenarios to run (comma-separated), for work on one of them")
     args = ap.parse_args()
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
-    t0 = time.monotonic()
+    t0, load = time.monotonic(), os.getloadavg()[0]
+    uw = os.environ.get("UW_IPOP2D") or None
+    if uw and not os.access(uw, os.X_OK):
+        ap.error(f"UW_IPOP2D={uw}: not an executable file")
+    if uw and os.geteuid() != 0:
+        ap.error("UW_IPOP2D needs root: its IMAP host is reached at port 143, which the private Dovecot must bind")
     with tempfile.TemporaryDirectory(prefix="pop2gate-bench-") as tmp:
         bench = Bench(SMOKE if args.smoke else FULL, Path(tmp),
-                      [s for s in args.servers.split(",") if s], args.only.split(","))
+                      [s for s in args.servers.split(",") if s], args.only.split(","), uw)
         bench.run()
-    command = " ".join(["bench/run.py", *sys.argv[1:]])
-    args.out.write_text(report(bench, command, started, time.monotonic() - t0))
+    command = " ".join([f"UW_IPOP2D={uw}"] * bool(uw) + ["bench/run.py", *sys.argv[1:]])
+    args.out.write_text(report(bench, command, started, time.monotonic() - t0, load))
     progress(f"wrote {args.out}")
 
 
