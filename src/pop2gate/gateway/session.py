@@ -150,7 +150,6 @@ class Session:
         self.acked: set[int] = set()
         self.backend = ""  # the backend's name once the login is routed
         self._task = asyncio.current_task()  # the connection's own task
-        self._shed = False
         loop = asyncio.get_running_loop()
         self._login_deadline = loop.time() + self.limits.login_timeout
         self._line_deadline: float | None = None  # set while a command line is incomplete
@@ -167,12 +166,6 @@ class Session:
         who = {"peer": f"{self.peer.host}:{self.peer.port}", "user": self.user or None,
                "backend": self.backend or None}
         return logs.event(name, **{k: v for k, v in who.items() if v is not None}, **fields)
-
-    def shed(self) -> None:
-        """Make room: end this session, which has not logged in, with `- Too many connections`."""
-        self._shed = True
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
 
     async def run(self) -> None:
         log.info("connect %s", self.tag, extra=self._event("connect"))
@@ -192,14 +185,6 @@ class Session:
         except (ConnectionError, asyncio.IncompleteReadError) as err:
             why = err.__class__.__name__
             log.info("disconnect %s: %s", self.tag, why, extra=self._event("disconnect", why=why))
-        except asyncio.CancelledError:
-            if not self._shed or self._task is None:
-                raise
-            self._task.uncancel()
-            self.metrics.refused.labels("shed").inc()
-            log.warning("shed %s: the server is full; the oldest session not logged in gives way", self.tag)
-            self.writer.write(self.proto.send_error(Reason.TOO_MANY))
-            self.writer.close()  # at once, no lingering: its slot is someone else's now
         except Exception:
             self.metrics.errors.labels("internal").inc()
             log.exception("internal error %s", self.tag)
