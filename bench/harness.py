@@ -20,13 +20,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from dovecot import HOST, Dovecot, _mail_uid, free_port  # noqa: E402
+from pop2gate.passwords import hash_password  # noqa: E402
 from pop2gate.stores.maildir.users import set_password  # noqa: E402
 from pop2session import Pop2Session  # noqa: E402
 
@@ -154,22 +155,24 @@ class BenchDovecot(Dovecot):
             text += UW_CONF.format(host=self.uw_host)
         conf.write_text(text)
 
-    def start_with(self, users: dict[str, Corpus]) -> BenchDovecot:
-        """Start with these users (password PASSWORD), each with their corpus in INBOX."""
+    def start_with(self, users: dict[str, Corpus], hashed: Collection[str] = ()) -> BenchDovecot:
+        """Start with these users (password PASSWORD), each with their corpus in INBOX; those
+        in `hashed` stored as the gateway's users file stores them (argon2id, same cost)."""
         self._set_up()
         for user, corpus in users.items():
-            self.add_user(user, corpus)
+            self.add_user(user, corpus, user in hashed)
         self._launch()
         return self
 
     def home(self, user: str) -> Path:
         return self.root / "home" / user
 
-    def add_user(self, user: str, corpus: Corpus) -> None:
-        """A user with password PASSWORD and `corpus` in their INBOX (new/, as delivered);
-        before the server starts."""
+    def add_user(self, user: str, corpus: Corpus, hashed: bool = False) -> None:
+        """A user with password PASSWORD (PLAIN, or `hashed` with the gateway's own argon2id
+        hash) and `corpus` in their INBOX (new/, as delivered); before the server starts."""
+        secret = f"{{ARGON2ID}}{hash_password(PASSWORD)}" if hashed else f"{{PLAIN}}{PASSWORD}"
         with open(self.root / "users.passwd", "a") as f:
-            f.write(f"{user}:{{PLAIN}}{PASSWORD}\n")
+            f.write(f"{user}:{secret}\n")
         uid, gid = _mail_uid()
         home = self.home(user)
         for sub in ("", "cur", "new", "tmp"):
