@@ -1,13 +1,9 @@
-"""One asyncio IMAP connection for one POP2 session.
+"""One asyncio IMAP connection for one POP2 session: the commands pop2gate sends.
 
-Commands are written whole, several at once where one does not depend on the answer to
-another (pipelining), each with its own tag; answers are matched by tag, and untagged data
-goes to the oldest command still waiting. Every command has one deadline
-(`imap_command_timeout`), connecting another (`imap_connect_timeout`). Responses are read by
-`parser.ResponseReader`. Any failure (lost connection, BYE, timeout, an unexpected NO or
-BAD, unreadable data) raises ConnError and leaves the connection unusable; so does a command
-interrupted half way (its answer would be out of step). Messages are named by UID only.
-Nothing here logs, and no error text carries a credential.
+They run on `transport.Transport` (pipelined, tagged, one deadline each); connecting has its
+own deadline (`imap_connect_timeout`). An unexpected NO or BAD raises ConnError and leaves
+the connection unusable. Messages are named by UID only. Nothing here logs, and no error
+text carries a credential.
 """
 
 from __future__ import annotations
@@ -17,22 +13,18 @@ import base64
 import contextlib
 import functools
 import ipaddress
-import itertools
 import re
-import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
 
 from .config import TlsMode
-from .parser import Continuation, Event, LiteralPiece, ResponseError, ResponseReader, Tagged, Untagged
+from .parser import LiteralPiece, ResponseError
+from .transport import FAILURES, READ_SIZE, Command, ConnError, Target, Transport, reason
 from .wire import (
     FetchValue,
-    ParseError,
     fetch_by_uid,
     id_name,
     list_delimiter,
@@ -42,29 +34,13 @@ from .wire import (
     uid_set,
 )
 
-T = TypeVar("T")
+__all__ = ["ConnError", "ImapConn", "Target", "connect", "open_session", "tls_context"]
+
 _UID_BATCH = 500
-_READ_SIZE = 256 * 1024  # octets asked of the socket at a time
 _SNAPSHOT = "(UID RFC822.SIZE FLAGS)"
 _LOGOUT_WAIT = 5.0  # seconds LOGOUT's answer is awaited: a clean end for the server, never a wait on it
-# The untagged responses that answer each command pop2gate sends (any status response
-# goes to the oldest command).
-_ANSWERS = {
-    "CAPABILITY": frozenset({"CAPABILITY"}),
-    "AUTHENTICATE": frozenset({"CAPABILITY"}),
-    "LOGIN": frozenset({"CAPABILITY"}),
-    "ID": frozenset({"ID"}),
-    "NAMESPACE": frozenset({"NAMESPACE"}),
-    "LIST": frozenset({"LIST"}),
-    "SELECT": frozenset({"FLAGS", "EXISTS", "RECENT"}),
-    "UID FETCH": frozenset({"FETCH"}),
-}
 _ORIGIN = re.compile(rb"BODY\[\]<([0-9]{1,10})> \Z", re.I)
 _FETCH_PREFIX = re.compile(rb"\* ([0-9]{1,10}) FETCH ")
-
-
-class ConnError(Exception):
-    """The backend failed; the text is for the log and holds no secrets."""
 
 
 def tls_context(tls: TlsMode, ca_file: Path | None) -> ssl.SSLContext | None:
@@ -77,68 +53,11 @@ def tls_context(tls: TlsMode, ca_file: Path | None) -> ssl.SSLContext | None:
     return ctx
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where and how to connect."""
-
-    host: str
-    port: int
-    tls: TlsMode
-    ssl_context: ssl.SSLContext | None
-    connect_timeout: float
-    command_timeout: float
-    max_literal: int = 1 << 20
-
-
-def _reason(err: BaseException) -> str:
-    if isinstance(err, TimeoutError):
-        return "timed out"
-    if isinstance(err, ssl.SSLCertVerificationError):
-        return f"certificate not accepted: {err.verify_message}"
-    text = " ".join(str(err).split())[:100]
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-_FAILURES = (OSError, EOFError, ParseError, ValueError)
-
-
 def _capabilities(text: bytes) -> frozenset[str]:
     """`CAPABILITY IMAP4rev1 AUTH=PLAIN ...` (a response code or an untagged line without its
     keyword) -> the names, upper case."""
     words = text.decode("ascii", "replace").upper().split()
     return frozenset(words[1:] if words and words[0] == "CAPABILITY" else words)
-
-
-@dataclass
-class _Command:
-    """A command sent: its tag, the untagged data that came with it, its completion."""
-
-    tag: bytes
-    name: str
-    segments: deque[bytes]  # the first written at once, each other after a continuation request
-    answer: Callable[[bytes], bytes] | None = None  # a SASL exchange's reply to a challenge
-    untagged: list[Untagged] = field(default_factory=list)
-    wants: frozenset[str] = frozenset()  # the untagged responses that answer it
-    done: Tagged | None = None
-    on_piece: Callable[[LiteralPiece], None] | None = None  # where a streamed literal goes
-
-    @property
-    def status(self) -> str:
-        assert self.done is not None
-        return self.done.status
-
-    def ok_or_expunge_issued(self) -> bool:
-        """OK, or NO [EXPUNGEISSUED]: some of the messages were removed by someone else."""
-        done = self.done
-        assert done is not None
-        return done.status == "OK" or (done.status == "NO" and done.code.upper().startswith(b"EXPUNGEISSUED"))
-
-    def data(self, kind: str) -> list[Untagged]:
-        return [u for u in self.untagged if u.kind == kind]
-
-
-def _arg(value: str | bytes) -> bytes:
-    return value if isinstance(value, bytes) else value.encode("ascii")
 
 
 async def connect(target: Target, peer: tuple[str, int] | None) -> ImapConn:
@@ -150,9 +69,11 @@ async def connect(target: Target, peer: tuple[str, int] | None) -> ImapConn:
         async with asyncio.timeout(target.connect_timeout):
             reader, writer = await asyncio.open_connection(
                 target.host, target.port, ssl=target.ssl_context if implicit else None,
-                server_hostname=target.host if implicit else None, limit=_READ_SIZE)
+                server_hostname=target.host if implicit else None, limit=READ_SIZE)
             conn = ImapConn(reader, writer, target, peer)
-            await conn._greeting()
+            code = await conn._greeting()
+            if code.upper().startswith(b"CAPABILITY "):
+                conn.capabilities = _capabilities(code)
             if target.tls == "starttls":
                 await conn._starttls()
             if not conn.capabilities:
@@ -160,8 +81,8 @@ async def connect(target: Target, peer: tuple[str, int] | None) -> ImapConn:
     except BaseException as err:
         if conn is not None:
             conn.abort()  # failed, or the session was cancelled: no connection left open
-        if isinstance(err, _FAILURES):
-            raise ConnError(f"connect {target.host}:{target.port}: {_reason(err)}") from None
+        if isinstance(err, FAILURES):
+            raise ConnError(f"connect {target.host}:{target.port}: {reason(err)}") from None
         raise
     return conn
 
@@ -182,167 +103,26 @@ async def open_session(target: Target, peer: tuple[str, int] | None,
     return conn
 
 
-class ImapConn:
+class ImapConn(Transport):
     """A connected IMAP client, used through the methods below only."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: Target,
                  peer: tuple[str, int] | None) -> None:
-        self._reader, self._writer = reader, writer
-        self._target = target
+        super().__init__(reader, writer, target)
         self._peer = peer
-        self._parser = ResponseReader(target.max_literal)
-        self._tags = itertools.count(1)
-        self._inflight: deque[_Command] = deque()
-        self._bye: bytes | None = None
-        self._broken = False
-        self._busy = False
-        self._uidvalidity = False  # a UIDVALIDITY outside SELECT: UIDs no longer name the same messages
         self.capabilities: frozenset[str] = frozenset()
         self.readonly = False
         self.server_name: str | None = None  # what the server's ID answer calls it
-        self.sequence: list[int] = []  # the selected folder's UIDs in sequence order
-        self.gone: set[int] = set()  # UIDs another client expunged since the snapshot
         # When the server was last asked what changed (monotonic: when the NOOP was sent, or
         # the folder selected): every removal before it is in `gone`. Only those answers count:
         # Courier reports an EXPUNGE with a NOOP's answer, never with a UID FETCH's or STORE's.
         self.checked_at = float("-inf")
-        with contextlib.suppress(OSError, AttributeError):
-            # Commands are small and each waits for its answer: never wait for a delayed ACK.
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    @property
-    def sock(self) -> socket.socket:
-        sock: socket.socket = self._writer.get_extra_info("socket")
-        return sock
 
     def check_age(self) -> float:
         """Seconds since the server was last asked what changed (`checked_at`)."""
         return time.monotonic() - self.checked_at
 
-    # The wire
-
-    def _command(self, name: str, *args: str | bytes, more: Iterable[bytes] = (),
-                 answer: Callable[[bytes], bytes] | None = None) -> _Command:
-        tag = b"P%d" % next(self._tags)
-        line = b" ".join((tag, name.encode("ascii"), *map(_arg, args))) + b"\r\n"
-        verb = f"{name} {_arg(args[0]).decode('ascii')}" if name == "UID" else name
-        return _Command(tag, name, deque((line, *more)), answer, wants=_ANSWERS.get(verb, frozenset()))
-
-    def _send(self, *cmds: _Command) -> None:
-        """Write the commands in one write: pipelined, answered in turn."""
-        self._writer.write(b"".join(cmd.segments.popleft() for cmd in cmds))
-        self._inflight.extend(cmds)
-
-    async def _finish(self, cmd: _Command) -> _Command:
-        """Read until `cmd` completes, within one `imap_command_timeout`."""
-        async with asyncio.timeout(self._target.command_timeout):
-            await self._writer.drain()
-            while cmd.done is None:
-                data = await self._reader.read(_READ_SIZE)
-                if not data:
-                    raise EOFError("connection closed" + self._bye_text())
-                for event in self._parser.feed(data):
-                    self._route(event)
-        if self._bye is not None and cmd.name != "LOGOUT":
-            raise ConnError(f"{cmd.name}: server said BYE{self._bye_text()}")
-        if self._uidvalidity:
-            raise ConnError("UIDVALIDITY changed during the session")
-        return cmd
-
-    def _bye_text(self) -> str:
-        return f" ({self._bye.decode('utf-8', 'replace')[:80]})" if self._bye else ""
-
-    async def _run(self, name: str, *args: str | bytes) -> _Command:
-        cmd = self._command(name, *args)
-        self._send(cmd)
-        return await self._finish(cmd)
-
-    def _route(self, event: Event) -> None:
-        if isinstance(event, Tagged):
-            for cmd in self._inflight:
-                if cmd.tag == event.tag:
-                    cmd.done = event
-                    self._inflight.remove(cmd)
-                    return
-            raise ResponseError("completion of no command sent")
-        current = self._inflight[0] if self._inflight else None
-        if isinstance(event, Untagged):
-            # Servers may run pipelined commands at once (Dovecot answers a UID FETCH sent
-            # after a UID STORE before the STORE completes): data goes to the oldest command
-            # it answers, else to the oldest command.
-            current = next((cmd for cmd in self._inflight if event.kind in cmd.wants), current)
-        if isinstance(event, Continuation):
-            waiting = self._inflight[-1] if self._inflight else None
-            if waiting is not None and waiting.segments:
-                self._writer.write(waiting.segments.popleft())
-            elif waiting is not None and waiting.answer is not None:
-                self._writer.write(waiting.answer(event.text))
-            else:
-                raise ResponseError("continuation request nobody asked for")
-        elif isinstance(event, LiteralPiece):
-            if current is None or current.on_piece is None:
-                raise ResponseError("literal over the limit")
-            current.on_piece(event)
-        else:
-            if event.kind == "EXPUNGE" and event.number is not None:
-                self._expunged(event.number)
-            elif event.kind == "BYE":
-                self._bye = event.text
-            elif (event.kind == "OK" and event.code.upper().startswith(b"UIDVALIDITY")
-                  and (current is None or current.name not in ("SELECT", "EXAMINE"))):
-                self._uidvalidity = True
-            if current is not None:
-                current.untagged.append(event)
-
-    def _expunged(self, number: int) -> None:
-        """An EXPUNGE removes the message at that sequence number: its UID is `gone`."""
-        if 1 <= number <= len(self.sequence):
-            self.gone.add(self.sequence.pop(number - 1))
-
-    @contextlib.contextmanager
-    def _exclusive(self, what: str) -> Iterator[None]:
-        """One operation at a time; any failure in it (or an interruption: what the server
-        sends next would be out of step) leaves the connection unusable, as a ConnError."""
-        if self._broken:
-            raise ConnError(f"{what}: connection already failed")
-        if self._busy:
-            raise ConnError(f"{what}: another command is running")
-        self._busy = True
-        try:
-            yield
-        except ConnError:
-            self._broken = True
-            raise
-        except _FAILURES as err:
-            self._broken = True
-            raise ConnError(f"{what}: {_reason(err)}") from None
-        except BaseException:
-            self._broken = True
-            raise
-        finally:
-            self._busy = False
-
-    async def _guarded(self, what: str, run: Callable[[], Awaitable[T]]) -> T:
-        with self._exclusive(what):
-            return await run()
-
     # Connecting
-
-    async def _greeting(self) -> None:
-        events: list[Event] = []
-        while not events:
-            data = await self._reader.read(_READ_SIZE)
-            if not data:
-                raise EOFError("connection closed before the greeting")
-            events = self._parser.feed(data)
-        greeting = events[0]
-        if not isinstance(greeting, Untagged) or greeting.kind not in ("OK", "PREAUTH"):
-            text = greeting.text if isinstance(greeting, Untagged) else b""
-            raise ConnError(f"server refused the connection: {text.decode('utf-8', 'replace')[:80]}")
-        for event in events[1:]:
-            self._route(event)
-        if greeting.code.upper().startswith(b"CAPABILITY "):
-            self.capabilities = _capabilities(greeting.code)
 
     async def _ask_capabilities(self) -> None:
         cmd = await self._run("CAPABILITY")
@@ -365,7 +145,7 @@ class ImapConn:
                                      server_hostname=self._target.host)
         self.capabilities = frozenset()  # nothing said before the handshake counts
 
-    def _id_command(self) -> _Command | None:
+    def _id_command(self) -> Command | None:
         """ID (RFC 2971) with the real client's address, where it has one and the server
         offers ID."""
         if self._peer is None or "ID" not in self.capabilities:
@@ -401,7 +181,7 @@ class ImapConn:
             raise ConnError(f"login: server does not offer AUTH={name}")
         return await self._guarded("login", lambda: self._logged_in(lambda: self._authenticate(name, response)))
 
-    def _authenticate(self, mechanism: str, response: bytes) -> _Command:
+    def _authenticate(self, mechanism: str, response: bytes) -> Command:
         """AUTHENTICATE with one response: with the command (SASL-IR, RFC 4959) when the
         server takes it, else at its first challenge. Any later challenge (a bad OAuth2
         token's error) gets the empty reply that lets the server answer NO."""
@@ -415,7 +195,7 @@ class ImapConn:
             return self._command("AUTHENTICATE", mechanism, encoded, answer=answer)
         return self._command("AUTHENTICATE", mechanism, answer=answer)
 
-    def _login_command(self, user: str, password: str) -> _Command:
+    def _login_command(self, user: str, password: str) -> Command:
         """LOGIN with quoted strings, or literals: non-synchronizing with LITERAL+, else the
         password as a synchronizing one (the user name needs LITERAL+)."""
         plus = "LITERAL+" in self.capabilities
@@ -432,7 +212,7 @@ class ImapConn:
         cmd = self._command("LOGIN", user_arg, b"{%d}" % len(secret), more=[secret + b"\r\n"])
         return cmd
 
-    async def _logged_in(self, make: Callable[[], _Command]) -> bool:
+    async def _logged_in(self, make: Callable[[], Command]) -> bool:
         """Send the login command (after ID, in the same write); True once accepted."""
         id_cmd = self._id_command()
         cmd = make()
@@ -583,7 +363,7 @@ class ImapConn:
         pieces: deque[bytes] = deque()
         started: set[bytes] = set()  # tags whose literal began to arrive
         arrived: set[bytes] = set()  # tags whose literal arrived whole
-        current: list[_Command] = []  # the command whose answer is being read
+        current: list[Command] = []  # the command whose answer is being read
         received = [0]  # octets of the message so far
         waited: dict[bytes, float] = {}  # tag -> seconds spent waiting for its answer
 
@@ -621,7 +401,7 @@ class ImapConn:
                     while cmd.done is None and not pieces:
                         # What this read may bring: at most a chunk, and what is left of the
                         # message with room for the response text around it.
-                        want = min(_READ_SIZE, chunk, size - received[0] + 1024)
+                        want = min(READ_SIZE, chunk, size - received[0] + 1024)
                         await acquire(want)
                         try:
                             # One deadline per command: the time spent waiting for its answer, not
@@ -631,10 +411,7 @@ class ImapConn:
                                 await self._writer.drain()
                                 data = await self._reader.read(want)
                             waited[cmd.tag] = waited.get(cmd.tag, 0.0) + loop.time() - start
-                            if not data:
-                                raise EOFError("connection closed" + self._bye_text())
-                            for event in self._parser.feed(data):
-                                self._route(event)
+                            self._take(data)
                         finally:
                             release(want)
                         if cmd.tag in arrived and plan and plan[0].segments:
@@ -652,11 +429,11 @@ class ImapConn:
                 self._parser.stream_over = None
 
     @staticmethod
-    def _check(what: str, cmd: _Command) -> None:
+    def _check(what: str, cmd: Command) -> None:
         if not cmd.ok_or_expunge_issued():
             raise ConnError(f"{what}: {cmd.status}")
 
-    def _store_command(self, uids: list[int], flag: str) -> _Command:
+    def _store_command(self, uids: list[int], flag: str) -> Command:
         return self._command("UID", "STORE", uid_set(uids), "+FLAGS.SILENT", f"({flag})")
 
     async def add_flag(self, uids: Iterable[int], flag: str) -> None:
@@ -699,7 +476,7 @@ class ImapConn:
         a command is in flight or it already failed."""
         if not (self._broken or self._busy):
             self._broken = True
-            with contextlib.suppress(ConnError, *_FAILURES):
+            with contextlib.suppress(ConnError, *FAILURES):
                 async with asyncio.timeout(min(_LOGOUT_WAIT, self._target.command_timeout)):
                     await self._run("LOGOUT")
                 self._writer.close()
