@@ -10,6 +10,7 @@ import asyncio
 import logging
 import re
 import socket
+import time
 
 from hypothesis import HealthCheck, event, given
 from hypothesis import strategies as st
@@ -180,6 +181,12 @@ async def run_campaign(make_server, env, caplog, send, strategy, examples: int) 
     @fuzz(examples, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(strategy)
     def campaign(example: list[bytes]) -> None:
+        # The previous example's session may still be ending (ACKS flags go into the Maildir
+        # when it ends): the files are reset only once no session is left.
+        deadline = time.monotonic() + 10
+        while srv.gateway.active and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert srv.gateway.active == 0
         reset_mailbox(env)
         send(srv.port, example)
 
