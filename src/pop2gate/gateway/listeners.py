@@ -8,7 +8,6 @@ import contextlib
 import functools
 import logging
 import os
-import select
 import signal
 import socket
 import ssl
@@ -45,21 +44,6 @@ RESTART_KEYS = {
     "limits": ("listen_backlog", "login_failure_window", "max_tracked_addresses", "max_login_failures_per_second"),
     "metrics": ("listen",),
 }
-
-
-def _talking(session: Session) -> bool:
-    """Whether a session waiting for HELO has heard from its client: a HELO being checked or
-    waiting its turn, or octets in the protocol's buffer, the stream's or the kernel's."""
-    if session.user or session.proto.room < MAX_LINE:
-        return True
-    if getattr(session.reader, "_buffer", b""):  # a StreamReader shows its buffer no other way
-        return True
-    sock = session.writer.get_extra_info("socket")
-    if sock is None:
-        return False
-    poll = select.poll()
-    poll.register(sock.fileno(), select.POLLIN)
-    return bool(poll.poll(0))
 
 
 def _tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
@@ -103,7 +87,7 @@ class Gateway:
             return FAILING
         _, since = self._tasks[session]
         new = time.monotonic() - since < self.config.limits.greeting_grace
-        return WAITING if new or _talking(session) else IDLE
+        return WAITING if new or session.heard_from_client() else IDLE
 
     @property
     def active(self) -> int:
@@ -159,7 +143,7 @@ class Gateway:
         except RuntimeError:
             return  # its close has begun (FIN sent): it ends on its own
         self.metrics.refused.labels("shed").inc()
-        if not _talking(victim):
+        if not victim.heard_from_client():
             victim.writer.close()  # nothing to read: no lingering task for each idle client shed
         self._shed.add(task)
         task.cancel()

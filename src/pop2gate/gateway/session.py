@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import time
 from collections.abc import Awaitable
 from typing import NoReturn, TypeVar
@@ -166,6 +167,20 @@ class Session:
         who = {"peer": f"{self.peer.host}:{self.peer.port}", "user": self.user or None,
                "backend": self.backend or None}
         return logs.event(name, **{k: v for k, v in who.items() if v is not None}, **fields)
+
+    def heard_from_client(self) -> bool:
+        """Whether a session waiting for HELO has heard from its client: a HELO being checked or
+        waiting its turn, or octets in the protocol's buffer, the stream's or the kernel's."""
+        if self.user or self.proto.room < MAX_LINE:
+            return True
+        if getattr(self.reader, "_buffer", b""):  # a StreamReader shows its buffer no other way
+            return True
+        sock = self.writer.get_extra_info("socket")
+        if sock is None:
+            return False
+        poll = select.poll()
+        poll.register(sock.fileno(), select.POLLIN)
+        return bool(poll.poll(0))
 
     async def run(self) -> None:
         log.info("connect %s", self.tag, extra=self._event("connect"))
