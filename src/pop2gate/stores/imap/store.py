@@ -392,9 +392,9 @@ class ImapMailbox:
         raise StoreError(SIZE_MISMATCH)
 
     async def mark_seen(self, msg: MessageRef) -> None:
-        """Note `msg` for `\\Seen`; the flags go out together, in one `UID STORE`, before the
-        next read-ahead, at every `_SEEN_BATCH` messages, and when the folder is left or
-        the session ends, cleanly or not."""
+        """Note `msg` for `\\Seen`; the flags go out together, in one `UID STORE`: in the same
+        write as the next read-ahead `UID FETCH`, at every `_SEEN_BATCH` messages, and when the
+        folder is left or the session ends, cleanly or not."""
         uid = self._uid(msg)
         if uid is None or self.conn.readonly:
             return  # nothing to record in a read-only folder
